@@ -1,0 +1,3 @@
+from forgehall.cli.main import main
+
+main()

@@ -1,0 +1,103 @@
+"""The application factory: routers, middleware and the lifespan of background services.
+
+``create_app`` does no I/O: the caller (``forgehall serve``/``up``, or a test) decides
+when to migrate. The lifespan starts the background services and, on shutdown — after
+the server has drained in-flight requests — stops them and closes the database pools.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import structlog
+from fastapi import FastAPI
+
+from forgehall import __version__
+from forgehall.core.errors import install_error_handlers
+from forgehall.core.metrics import Metrics
+from forgehall.core.middleware import RequestContextMiddleware
+from forgehall.core.services import BackgroundService, ServiceRunner, select_services
+from forgehall.db.engine import Database
+from forgehall.db.url import resolve_database
+from forgehall.ops.routes import router as ops_router
+from forgehall.ops.service import JobHistoryRetention
+from forgehall.settings import Settings
+
+log = structlog.get_logger("forgehall.app")
+
+#: Every background service a replica can run (names are documented in docs/operations.md).
+BACKGROUND_SERVICES: tuple[type[BackgroundService], ...] = (JobHistoryRetention,)
+API_PREFIX = "/api/v1"
+
+
+@dataclass
+class AppOptions:
+    """What differs between ``serve``, ``up`` and tests."""
+
+    run_services: bool = True
+    metrics: bool | None = None  # default: when FORGEHALL_METRICS_ADDR is set
+
+
+def create_app(
+    settings: Settings,
+    *,
+    db: Database | None = None,
+    options: AppOptions | None = None,
+    services: Sequence[BackgroundService] | None = None,
+) -> FastAPI:
+    options = options or AppOptions()
+    database = db or Database(resolve_database(settings))
+    with_metrics = options.metrics if options.metrics is not None else bool(settings.metrics_addr)
+    metrics = Metrics(read_pool=database.pool_status) if with_metrics else None
+    runner_id = f"{uuid.uuid4().hex[:12]}"
+
+    if services is None and options.run_services:
+        disabled = settings.services_disabled
+        if "all" in disabled:
+            disabled = [cls.name for cls in BACKGROUND_SERVICES]
+        services = select_services(
+            BACKGROUND_SERVICES, database, disabled=disabled,
+            intervals=dict(settings.service_intervals), runner_id=runner_id,
+        )
+    runner = ServiceRunner(services or [], metrics=metrics,
+                           stop_grace=max(settings.shutdown_grace_seconds, 1.0))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runner.start()
+        log.info("app.started", version=__version__, database=database.dialect,
+                 services=[s.name for s in runner.services])
+        try:
+            yield
+        finally:
+            await runner.stop()
+            if db is None:
+                await database.dispose()
+            log.info("app.stopped")
+
+    app = FastAPI(
+        title="Forgehall",
+        version=__version__,
+        description="Self-hosted control plane where humans and AI coding agents work as "
+        "one team.",
+        lifespan=lifespan,
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.db = database
+    app.state.metrics = metrics
+    app.state.services = runner
+    install_error_handlers(app)
+    app.include_router(ops_router)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        trusted_proxies=settings.trusted_proxies,
+        metrics=metrics,
+    )
+    return app

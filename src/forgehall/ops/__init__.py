@@ -1,0 +1,1 @@
+"""Operations surface: liveness, readiness and internal maintenance jobs."""

@@ -1,0 +1,245 @@
+"""Run a Forgehall server process (``forgehall serve`` and ``forgehall up``).
+
+Start-up order, each step failing with one clear line and a non-zero exit:
+
+1. settings checks — any error refuses to start (in production this includes unsafe
+   secrets and a plain-http origin);
+2. logging configured, with every secret from settings redacted;
+3. listening sockets bound up front, so a port in use is reported plainly;
+4. database reachable (retried for ``database_wait_seconds``), migrations applied under
+   the advisory lock;
+5. the API served by uvicorn; metrics, when enabled, on their own listener in a thread.
+
+SIGTERM/SIGINT: uvicorn stops accepting, drains in-flight requests for up to
+``shutdown_grace_seconds``, then the lifespan stops the background services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import secrets
+import socket
+import sys
+import threading
+import time
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+from pathlib import Path
+from typing import Any, Literal
+
+import structlog
+import uvicorn
+from prometheus_client import make_wsgi_app
+
+from forgehall import __version__
+from forgehall.app import AppOptions, create_app
+from forgehall.core.logging import configure_logging
+from forgehall.db.engine import Database
+from forgehall.db.migrate import SchemaAheadError, upgrade_to_head
+from forgehall.db.url import DatabaseUrlError, resolve_database
+from forgehall.settings import LoadedSettings, Settings, check_settings, parse_host_port
+
+log = structlog.get_logger("forgehall.server")
+
+
+class StartupError(Exception):
+    """Start-up cannot continue; the message is the one line shown to the operator."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def ensure_jwt_secret(settings: Settings) -> Settings:
+    """In development, supply a persistent random JWT secret when none is configured.
+
+    The secret is kept in ``<data_dir>/jwt_secret`` (mode 0600) so sessions survive a
+    restart. Production never reaches this: a missing secret fails the settings check.
+    """
+    if settings.jwt_secret is not None or settings.is_production:
+        return settings
+    path = settings.data_dir / "jwt_secret"
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return settings.model_copy(update={"jwt_secret": path.read_text().strip()})
+
+
+def bind_socket(host: str, port: int, what: str, variable: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(
+                f"{what} port {port} on {host} is already in use; stop the other process or "
+                f"choose another port with {variable}"
+            ) from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise StartupError(f"{what} address {host} is not an address of this machine "
+                               f"({variable})") from None
+        if exc.errno == errno.EACCES:
+            raise StartupError(f"not allowed to listen on {host}:{port} ({variable}); ports "
+                               "below 1024 need privileges") from None
+        raise StartupError(f"cannot listen on {host}:{port} ({variable}): {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def prepare_database(db: Database, settings: Settings) -> list[str]:
+    """Wait for the database, then migrate it when configured to."""
+    deadline = time.monotonic() + settings.database_wait_seconds
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            await db.ping(timeout=5)
+            break
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            if time.monotonic() >= deadline:
+                raise StartupError(
+                    f"database {db.config.display} is unreachable ({reason}); check "
+                    "DATABASE_URL and that the database server is running"
+                ) from None
+            log.warning("db.waiting", attempt=attempt, error=reason)
+            await asyncio.sleep(min(0.5 * 2 ** min(attempt, 4), 5))
+    if not settings.migrate_on_start:
+        return []
+    try:
+        return await upgrade_to_head(db)
+    except SchemaAheadError as exc:
+        raise StartupError(str(exc)) from None
+
+
+def run(loaded: LoadedSettings, mode: Literal["serve", "up"]) -> int:
+    """Run until stopped; return the process exit code."""
+    try:
+        return asyncio.run(_run(loaded, mode))
+    except StartupError as exc:
+        print(f"forgehall: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _run(loaded: LoadedSettings, mode: Literal["serve", "up"]) -> int:
+    settings = loaded.settings
+    problems = check_settings(settings)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        lines = "\n".join(f"  - {p.render()}" for p in errors)
+        raise StartupError(
+            f"refusing to start: {len(errors)} configuration problem(s):\n{lines}\n"
+            "Run `forgehall config check` for the full report.",
+            exit_code=2,
+        )
+    settings = ensure_jwt_secret(settings)
+    configure_logging(level=settings.log_level, fmt=settings.effective_log_format,
+                      secrets=settings.secret_values())
+    for problem in problems:
+        log.warning("config.warning", setting=problem.variable, message=problem.message,
+                    fix=problem.fix)
+    try:
+        db_config = resolve_database(settings)
+    except DatabaseUrlError as exc:
+        raise StartupError(str(exc), exit_code=2) from None
+
+    public = bind_socket(settings.host, settings.port, "API", "PORT / FORGEHALL_PORT")
+    metrics_sock = None
+    if settings.metrics_addr:
+        host, port = parse_host_port(settings.metrics_addr)
+        try:
+            metrics_sock = bind_socket(host, port, "metrics", "FORGEHALL_METRICS_ADDR")
+        except StartupError:
+            public.close()
+            raise
+
+    db = Database(db_config)
+    try:
+        applied = await prepare_database(db, settings)
+    except BaseException:
+        public.close()
+        if metrics_sock:
+            metrics_sock.close()
+        await db.dispose()
+        raise
+    app = create_app(settings, db=db, options=AppOptions(run_services=True))
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        proxy_headers=True,
+        forwarded_allow_ips=",".join(settings.trusted_proxies),
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    metrics_thread = None
+    if metrics_sock is not None and app.state.metrics is not None:
+        metrics_thread = _start_metrics_listener(metrics_sock, app.state.metrics.registry)
+    port = public.getsockname()[1]
+    url = settings.public_origin or f"http://{_display_host(settings.host)}:{port}"
+    log.info("server.listening", url=url, mode=mode, version=__version__,
+             database=db_config.dialect, migrations_applied=len(applied),
+             metrics=settings.metrics_addr)
+    if mode == "up":
+        _print_banner(url, db_config.display, settings.data_dir)
+    asyncio.get_running_loop().create_task(db.warm())
+    try:
+        await server.serve(sockets=[public])
+    finally:
+        if metrics_thread is not None:
+            metrics_thread.shutdown()
+        await db.dispose()
+    return 0 if server.started else 1
+
+
+def _display_host(host: str) -> str:
+    return "localhost" if host in ("0.0.0.0", "127.0.0.1", "::", "::1") else host  # noqa: S104
+
+
+def _print_banner(url: str, database: str, data_dir: Path) -> None:
+    print(
+        f"\n  Forgehall {__version__} is running.\n\n"
+        f"  Open {url} in your browser.\n"
+        f"  Database: {database}\n  Data directory: {data_dir}\n\n"
+        "  Press Ctrl+C to stop.\n",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+        """Scrapes are not worth a log line each."""
+
+
+class _MetricsServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+def _start_metrics_listener(sock: socket.socket, registry: Any) -> _MetricsServer:
+    """Serve ``/metrics`` from ``registry`` on the pre-bound socket, in a daemon thread.
+
+    A thread keeps scrapes independent of the event loop and leaves signal handling to
+    the API server alone.
+    """
+    server = _MetricsServer(sock.getsockname()[:2], _QuietHandler, bind_and_activate=False)
+    server.socket.close()
+    server.socket = sock
+    host, port = sock.getsockname()[:2]
+    server.server_name, server.server_port = str(host), int(port)
+    server.setup_environ()
+    server.set_app(make_wsgi_app(registry))
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server

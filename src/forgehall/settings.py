@@ -1,0 +1,661 @@
+"""The one settings tree of Forgehall.
+
+Every setting is a field of :class:`Settings`. A value comes from the first layer that
+has it, in this order:
+
+1. the process environment (``FORGEHALL_<NAME>``; ``DATABASE_URL`` and ``PORT`` are also
+   accepted unprefixed, the prefixed form winning),
+2. a ``.env`` file in the working directory (same names),
+3. a TOML config file (``--config`` or ``FORGEHALL_CONFIG``) whose keys are the field
+   names in lower case,
+4. the default declared here.
+
+:func:`load_settings` records where each value came from so that ``forgehall config
+show`` can say so. Settings are frozen: once read they never change (a component that
+needs a derived value computes it, it does not write it back).
+
+:func:`check_settings` returns every problem at once, each with the variable to change
+and how; production start-up refuses to continue while any problem of severity
+``error`` remains.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from cryptography.fernet import Fernet
+from dotenv import dotenv_values
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "FORGEHALL_"
+#: Conventional unprefixed names accepted for a few settings (the prefixed name wins).
+UNPREFIXED_ALIASES: dict[str, str] = {"database_url": "DATABASE_URL", "port": "PORT"}
+#: JWT secrets that are known to be placeholders and never acceptable in production.
+PLACEHOLDER_SECRETS = frozenset(
+    {"", "change-me", "changeme", "secret", "dev", "development", "forgehall", "please-change-me"}
+)
+MIN_SECRET_BYTES = 32
+
+
+class SettingsError(Exception):
+    """Settings could not be read (bad file, unknown key, invalid value).
+
+    The message is one line meant for a person; the CLI prints it and exits non-zero.
+    """
+
+
+def _meta(
+    group: str,
+    *,
+    secret: bool = False,
+    needs_encryption_key: bool = False,
+    example: str | None = None,
+) -> dict[str, Any]:
+    extra: dict[str, Any] = {"group": group}
+    if secret:
+        extra["secret"] = True
+    if needs_encryption_key:
+        extra["needs_encryption_key"] = True
+    if example is not None:
+        extra["example"] = example
+    return extra
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "forgehall"
+
+
+class Settings(BaseSettings):
+    """All configuration of a Forgehall process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", validate_default=True
+    )
+
+    # --- General -----------------------------------------------------------------
+    env: Literal["development", "production"] = Field(
+        "development",
+        description="`development` or `production`. Production refuses to start with "
+        "unsafe settings (placeholder secrets, plain-http origin, …).",
+        json_schema_extra=_meta("General"),
+    )
+    public_origin: str | None = Field(
+        None,
+        description="The URL users open, e.g. `https://forgehall.example.com`. Cookies are "
+        "`Secure` when it is https. Default: `http://localhost:<port>`.",
+        json_schema_extra=_meta("General", example="https://forgehall.example.com"),
+    )
+    allow_insecure_origin: bool = Field(
+        False,
+        description="Allow a plain-http public origin in production (only behind a trusted "
+        "network you control).",
+        json_schema_extra=_meta("General"),
+    )
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Directory for the embedded SQLite database, generated development "
+        "secrets and local state. Default: `~/.local/share/forgehall`.",
+        json_schema_extra=_meta("General"),
+    )
+
+    # --- HTTP server ---------------------------------------------------------------
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the API listens on. Use `0.0.0.0` in a container.",
+        json_schema_extra=_meta("HTTP server"),
+    )
+    port: int = Field(
+        8000,
+        ge=0,
+        le=65535,
+        description="Port the API listens on (`PORT` is also accepted).",
+        json_schema_extra=_meta("HTTP server"),
+    )
+    max_body_bytes: int = Field(
+        10 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body accepted; larger bodies get 413.",
+        json_schema_extra=_meta("HTTP server"),
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="Comma-separated addresses or CIDR ranges of reverse proxies whose "
+        "`X-Request-ID` and `X-Forwarded-*` headers are believed.",
+        json_schema_extra=_meta("HTTP server", example="10.0.0.0/8,127.0.0.1"),
+    )
+    shutdown_grace_seconds: float = Field(
+        20.0,
+        ge=0,
+        description="On SIGTERM, how long in-flight requests may take before the server "
+        "closes them and stops background services.",
+        json_schema_extra=_meta("HTTP server"),
+    )
+
+    # --- Database ------------------------------------------------------------------
+    database_url: str | None = Field(
+        None,
+        description="`postgresql://user:pass@host:5432/db` for PostgreSQL (`DATABASE_URL` is "
+        "also accepted). Default: embedded SQLite at `<data_dir>/forgehall.db`.",
+        json_schema_extra=_meta("Database", secret=True, example="postgresql://fh@db/forgehall"),
+    )
+    database_max_conns: int | None = Field(
+        None,
+        ge=1,
+        description="Maximum PostgreSQL connections per process. Precedence: this variable, "
+        "then `pool_max_conns` on the URL, then 25.",
+        json_schema_extra=_meta("Database"),
+    )
+    database_min_conns: int | None = Field(
+        None,
+        ge=0,
+        description="Connections kept open per process (clamped to the maximum). Precedence: "
+        "this variable, then `pool_min_conns` on the URL, then 5.",
+        json_schema_extra=_meta("Database"),
+    )
+    migrate_on_start: bool = Field(
+        True,
+        description="Apply pending migrations when the server starts (safe with many "
+        "replicas: PostgreSQL serialises them with an advisory lock).",
+        json_schema_extra=_meta("Database"),
+    )
+
+    database_wait_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="At start-up, how long to keep retrying an unreachable database before "
+        "giving up (useful when the database starts alongside Forgehall).",
+        json_schema_extra=_meta("Database"),
+    )
+
+    # --- Background services -----------------------------------------------------------
+    services_disabled: list[str] = Field(
+        default_factory=list,
+        description="Comma-separated names of background services not to run on this "
+        "replica (see docs/operations.md for the list), or `all`.",
+        json_schema_extra=_meta("Background services", example="job-history-retention"),
+    )
+    service_intervals: dict[str, float] = Field(
+        default_factory=dict,
+        description="Comma-separated `name=seconds` pairs overriding service intervals.",
+        json_schema_extra=_meta("Background services", example="job-history-retention=600"),
+    )
+
+    # --- Security ------------------------------------------------------------------
+    jwt_secret: SecretStr | None = Field(
+        None,
+        description="Secret that signs session tokens; at least 32 bytes (`openssl rand -hex "
+        "32`). Required in production; in development a random one is kept in the data "
+        "directory.",
+        json_schema_extra=_meta("Security", secret=True),
+    )
+    encryption_key: SecretStr | None = Field(
+        None,
+        description="Comma-separated Fernet keys encrypting credentials at rest; the first "
+        "encrypts, all decrypt (add a new key in front to rotate). Generate one with "
+        "`forgehall config new-key`.",
+        json_schema_extra=_meta("Security", secret=True),
+    )
+
+    # --- Observability --------------------------------------------------------------
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info",
+        description="Minimum level of log lines.",
+        json_schema_extra=_meta("Observability"),
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto",
+        description="`json` (one object per line), `console` (readable) or `auto`: JSON in "
+        "production, console in development.",
+        json_schema_extra=_meta("Observability"),
+    )
+    metrics_addr: str | None = Field(
+        None,
+        description="`host:port` of a separate listener serving Prometheus `/metrics`. Unset: "
+        "no metrics listener. The public port never serves metrics.",
+        json_schema_extra=_meta("Observability", example="127.0.0.1:9090"),
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The layers are merged by load_settings (which records provenance); the
+        # constructor only takes what it is given, so building Settings() directly in a
+        # test never reads the developer's environment by accident.
+        return (init_settings,)
+
+    @field_validator("service_intervals", mode="before")
+    @classmethod
+    def _split_pairs(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            pairs: dict[str, str] = {}
+            for part in (p.strip() for p in value.split(",")):
+                if not part:
+                    continue
+                name, sep, seconds = part.partition("=")
+                if not sep:
+                    raise ValueError(f"{part!r} is not name=seconds")
+                pairs[name.strip()] = seconds.strip()
+            return pairs
+        return value
+
+    @field_validator("service_intervals")
+    @classmethod
+    def _positive_intervals(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, seconds in value.items():
+            if seconds <= 0:
+                raise ValueError(f"interval of {name} must be positive")
+        return value
+
+    @field_validator("trusted_proxies", "services_disabled", mode="before")
+    @classmethod
+    def _split_csv(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("public_origin")
+    @classmethod
+    def _normalise_origin(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an absolute http(s) URL such as https://forge.example.com")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("must be an origin only (scheme, host and port), without a path")
+        return f"{parts.scheme}://{parts.netloc}".lower()
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not an IP address or CIDR range") from exc
+        return value
+
+    # --- derived values (never stored back) -------------------------------------------
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def origin(self) -> str:
+        """The public origin, defaulting to the local listener."""
+        return self.public_origin or f"http://localhost:{self.port}"
+
+    @property
+    def effective_log_format(self) -> Literal["json", "console"]:
+        if self.log_format == "auto":
+            return "json" if self.is_production else "console"
+        return self.log_format
+
+    def secret_values(self) -> list[str]:
+        """Every secret string in these settings, for log redaction."""
+        values: list[str] = []
+        for name, info in type(self).model_fields.items():
+            if not _field_extra(info).get("secret"):
+                continue
+            raw = getattr(self, name)
+            if raw is None:
+                continue
+            text = raw.get_secret_value() if isinstance(raw, SecretStr) else str(raw)
+            values.extend(_secret_fragments(name, text))
+        return [v for v in values if len(v) >= 6]
+
+
+def _secret_fragments(name: str, text: str) -> list[str]:
+    """The parts of a secret that must never be logged.
+
+    A database URL is only secret for its password; keys lists are secret per key.
+    """
+    if name == "database_url":
+        password = urlsplit(text).password
+        return [password] if password else []
+    if name == "encryption_key":
+        return [k.strip() for k in text.split(",") if k.strip()]
+    return [text]
+
+
+def _field_extra(info: FieldInfo) -> dict[str, Any]:
+    extra = info.json_schema_extra
+    return extra if isinstance(extra, dict) else {}
+
+
+def env_names(name: str) -> list[str]:
+    """Environment variable names for a field, highest precedence first."""
+    names = [ENV_PREFIX + name.upper()]
+    if name in UNPREFIXED_ALIASES:
+        names.append(UNPREFIXED_ALIASES[name])
+    return names
+
+
+# --- loading -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadedSettings:
+    """Settings together with the origin of every value (`env`, `.env`, file, default)."""
+
+    settings: Settings
+    origins: Mapping[str, str] = field(default_factory=dict)
+    config_file: Path | None = None
+
+
+def _from_environment(source: Mapping[str, str | None], label: str) -> dict[str, tuple[Any, str]]:
+    found: dict[str, tuple[Any, str]] = {}
+    for name in Settings.model_fields:
+        for var in env_names(name):
+            value = source.get(var)
+            if value is not None:
+                found[name] = (value, f"{label} {var}")
+                break
+    return found
+
+
+def _from_config_file(path: Path) -> dict[str, tuple[Any, str]]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise SettingsError(f"config file {path} does not exist") from exc
+    except PermissionError as exc:
+        raise SettingsError(f"config file {path} is not readable (permission denied)") from exc
+    except IsADirectoryError as exc:
+        raise SettingsError(f"config file {path} is a directory, not a TOML file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {path} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise SettingsError(f"config file {path} is not UTF-8 text") from exc
+    known = list(Settings.model_fields)
+    found: dict[str, tuple[Any, str]] = {}
+    for key, value in data.items():
+        if key not in Settings.model_fields:
+            hint = difflib.get_close_matches(key, known, n=1)
+            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise SettingsError(f"unknown setting '{key}' in config file {path}{suggestion}")
+        found[key] = (value, f"config file {path}")
+    return found
+
+
+def load_settings(
+    *,
+    config_file: Path | str | None = None,
+    environ: Mapping[str, str] | None = None,
+    dotenv_file: Path | str | None = ".env",
+) -> LoadedSettings:
+    """Read settings from all layers, recording where each value came from.
+
+    Raises:
+        SettingsError: with one line naming the bad variable, file or value.
+    """
+    env = dict(os.environ if environ is None else environ)
+    dotenv: dict[str, str | None] = {}
+    if dotenv_file is not None and Path(dotenv_file).is_file():
+        dotenv = dict(dotenv_values(dotenv_file))
+    path_text = config_file or env.get(ENV_PREFIX + "CONFIG") or dotenv.get(ENV_PREFIX + "CONFIG")
+    path = Path(path_text) if path_text else None
+
+    layers: dict[str, tuple[Any, str]] = {}
+    if path is not None:
+        layers.update(_from_config_file(path))
+    layers.update(_from_environment(dotenv, ".env"))
+    layers.update(_from_environment(env, "env"))
+
+    values = {name: value for name, (value, _) in layers.items()}
+    try:
+        settings = Settings(**values)
+    except ValidationError as exc:
+        raise SettingsError(_describe_validation_error(exc, layers)) from None
+    origins = {
+        name: layers[name][1] if name in layers else "default" for name in Settings.model_fields
+    }
+    return LoadedSettings(settings=settings, origins=origins, config_file=path)
+
+
+def _describe_validation_error(exc: ValidationError, layers: Mapping[str, tuple[Any, str]]) -> str:
+    parts = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else "?"
+        where = layers[name][1] if name in layers else "default"
+        parts.append(f"{where}: {error['msg']}")
+    return "invalid setting: " + "; ".join(parts)
+
+
+# --- checks ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the configuration, and how to fix it."""
+
+    setting: str
+    message: str
+    fix: str
+    severity: Literal["error", "warning"] = "error"
+
+    @property
+    def variable(self) -> str:
+        return env_names(self.setting)[0]
+
+    def render(self) -> str:
+        return f"{self.severity.upper()} {self.variable}: {self.message}. Fix: {self.fix}"
+
+
+Check = Callable[[Settings], Iterable[Problem]]
+
+
+def _check_jwt_secret(s: Settings) -> Iterable[Problem]:
+    if not s.is_production:
+        return
+    secret = s.jwt_secret.get_secret_value() if s.jwt_secret else None
+    fix = "set it to a random value of at least 32 bytes, e.g. `openssl rand -hex 32`"
+    if secret is None:
+        yield Problem("jwt_secret", "is not set (required in production)", fix)
+    elif secret.strip().lower() in PLACEHOLDER_SECRETS:
+        yield Problem("jwt_secret", "is a known placeholder value", fix)
+    elif len(secret.encode()) < MIN_SECRET_BYTES:
+        yield Problem("jwt_secret", f"is shorter than {MIN_SECRET_BYTES} bytes", fix)
+
+
+def _check_origin(s: Settings) -> Iterable[Problem]:
+    if not s.is_production:
+        return
+    if s.public_origin is None:
+        yield Problem(
+            "public_origin",
+            "is not set (required in production)",
+            "set it to the https URL your users open, e.g. https://forgehall.example.com",
+        )
+    elif not s.public_origin.startswith("https://") and not s.allow_insecure_origin:
+        yield Problem(
+            "public_origin",
+            f"{s.public_origin} is not https, so session cookies would travel in clear text",
+            "serve Forgehall over https (e.g. behind a TLS reverse proxy), or set "
+            "FORGEHALL_ALLOW_INSECURE_ORIGIN=true if the network is trusted",
+        )
+
+
+def _check_encryption_key(s: Settings) -> Iterable[Problem]:
+    if s.encryption_key is None:
+        needing = [
+            name
+            for name, info in Settings.model_fields.items()
+            if _field_extra(info).get("needs_encryption_key") and getattr(s, name)
+        ]
+        if needing and s.is_production:
+            names = ", ".join(env_names(n)[0] for n in needing)
+            yield Problem(
+                "encryption_key",
+                f"is not set but {names} store credentials that must be encrypted at rest",
+                "generate a key with `forgehall config new-key` and set it",
+            )
+        return
+    for index, key in enumerate(s.encryption_key.get_secret_value().split(",")):
+        try:
+            Fernet(key.strip().encode())
+        except (ValueError, TypeError):
+            yield Problem(
+                "encryption_key",
+                f"key #{index + 1} is not a valid Fernet key (32 url-safe base64 bytes)",
+                "generate a key with `forgehall config new-key`",
+            )
+
+
+def _check_database(s: Settings) -> Iterable[Problem]:
+    from forgehall.db.url import DatabaseUrlError, resolve_database
+
+    try:
+        resolve_database(s)
+    except DatabaseUrlError as exc:
+        yield Problem("database_url", str(exc), "use postgresql://user:pass@host:5432/db")
+    if (
+        s.database_min_conns is not None
+        and s.database_max_conns is not None
+        and s.database_min_conns > s.database_max_conns
+    ):
+        yield Problem(
+            "database_min_conns",
+            f"{s.database_min_conns} is above the maximum {s.database_max_conns}; it is clamped",
+            "lower FORGEHALL_DATABASE_MIN_CONNS or raise FORGEHALL_DATABASE_MAX_CONNS",
+            severity="warning",
+        )
+
+
+def _check_metrics_addr(s: Settings) -> Iterable[Problem]:
+    if s.metrics_addr is None:
+        return
+    try:
+        parse_host_port(s.metrics_addr)
+    except ValueError as exc:
+        yield Problem("metrics_addr", str(exc), "use host:port, e.g. 127.0.0.1:9090")
+        return
+    host, port = parse_host_port(s.metrics_addr)
+    if port == s.port and host in (s.host, "0.0.0.0", "::"):  # noqa: S104 - comparison only
+        yield Problem(
+            "metrics_addr",
+            "is the same listener as the public API",
+            "choose another port so metrics stay off the public port",
+        )
+
+
+def _check_dev_data_dir(s: Settings) -> Iterable[Problem]:
+    if s.data_dir.exists() and not s.data_dir.is_dir():
+        yield Problem("data_dir", f"{s.data_dir} exists and is not a directory", "point it "
+                      "at a directory Forgehall may create files in")
+
+
+def _check_services(s: Settings) -> Iterable[Problem]:
+    from forgehall.app import BACKGROUND_SERVICES
+
+    known = sorted(cls.name for cls in BACKGROUND_SERVICES)
+    for setting, names in (("services_disabled", s.services_disabled),
+                           ("service_intervals", list(s.service_intervals))):
+        unknown = [n for n in names if n not in known and n != "all"]
+        if unknown:
+            yield Problem(setting, f"names unknown service(s) {', '.join(unknown)}",
+                          f"use names from: {', '.join(known)} (or `all`)")
+
+
+#: Every check run by ``forgehall config check`` and at server start-up.
+CHECKS: tuple[Check, ...] = (
+    _check_jwt_secret,
+    _check_origin,
+    _check_encryption_key,
+    _check_database,
+    _check_metrics_addr,
+    _check_dev_data_dir,
+    _check_services,
+)
+
+
+def check_settings(settings: Settings) -> list[Problem]:
+    """Run every check; return all problems (errors first)."""
+    problems = [p for check in CHECKS for p in check(settings)]
+    return sorted(problems, key=lambda p: p.severity != "error")
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6]:port`` for IPv6); raise ValueError with a clear reason."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"{text!r} is not host:port")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} is out of range")
+    return host.strip("[]"), port
+
+
+# --- documentation --------------------------------------------------------------------
+
+
+def render_configuration_markdown() -> str:
+    """The text of ``docs/configuration.md``, generated from the settings tree."""
+    lines = [
+        "# Configuration",
+        "",
+        "<!-- Generated by `forgehall config docs` from src/forgehall/settings.py;"
+        " do not edit by hand. -->",
+        "",
+        "Forgehall reads each setting from, in order of precedence: the environment "
+        "(`FORGEHALL_<NAME>`), a `.env` file in the working directory, a TOML config file "
+        "(`--config forgehall.toml` or `FORGEHALL_CONFIG`, keys are the lower-case names "
+        "below without the prefix), and finally the default.",
+        "",
+        "`forgehall config check` reports every problem with its fix; `forgehall config show` "
+        "prints the effective values (secrets masked) and where each came from. In "
+        "production the server refuses to start while `config check` reports an error.",
+        "",
+    ]
+    groups: dict[str, list[tuple[str, FieldInfo]]] = {}
+    for name, info in Settings.model_fields.items():
+        groups.setdefault(_field_extra(info).get("group", "Other"), []).append((name, info))
+    for group, fields in groups.items():
+        lines += [f"## {group}", "", "| Variable | Default | Description |", "|---|---|---|"]
+        for name, info in fields:
+            extra = _field_extra(info)
+            variables = " / ".join(f"`{v}`" for v in env_names(name))
+            default = _render_default(name, info)
+            description = str(info.description or "")
+            if extra.get("secret"):
+                description += " *Secret: never logged, masked by `config show`.*"
+            if extra.get("example"):
+                description += f" Example: `{extra['example']}`."
+            lines.append(f"| {variables} | {default} | {description} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _render_default(name: str, info: FieldInfo) -> str:
+    if name == "data_dir":
+        return "`~/.local/share/forgehall`"
+    if info.default_factory is not None:
+        value: Any = info.default_factory()  # type: ignore[call-arg]
+    else:
+        value = info.default
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, list | dict) and not value:
+        return "—"
+    if isinstance(value, list):
+        return "`" + ",".join(str(v) for v in value) + "`"
+    return f"`{value}`"

@@ -1,0 +1,84 @@
+"""Migrations: one head, idempotent, reversible, and equal to the declared schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from forgehall.db.engine import Database
+from forgehall.db.metadata import target_metadata
+from forgehall.db.migrate import (
+    SchemaAheadError,
+    downgrade,
+    head_revision,
+    migration_status,
+    script_directory,
+    upgrade_to_head,
+)
+from forgehall.db.url import resolve_database
+from forgehall.settings import Settings
+
+
+def test_exactly_one_head() -> None:
+    assert len(script_directory().get_heads()) == 1
+    assert head_revision()
+
+
+@pytest.fixture
+async def empty_db(empty_database_url: str):  # type: ignore[no-untyped-def]
+    database = Database(resolve_database(Settings(database_url=empty_database_url)))
+    yield database
+    await database.dispose()
+
+
+def _diff(conn: Connection) -> list[object]:
+    context = MigrationContext.configure(conn, opts={"compare_type": True})
+    return list(compare_metadata(context, target_metadata()))
+
+
+async def test_migrated_schema_equals_declared_metadata(empty_db: Database) -> None:
+    assert await upgrade_to_head(empty_db)
+    async with empty_db.engine.connect() as conn:
+        diff = await conn.run_sync(_diff)
+    assert diff == [], f"migrations and models disagree: {diff}"
+
+
+async def test_upgrade_is_idempotent_and_status_reports(empty_db: Database) -> None:
+    status = await migration_status(empty_db)
+    assert status.current is None
+    assert status.pending[-1] == head_revision()
+    applied = await upgrade_to_head(empty_db)
+    assert applied == status.pending
+    assert await upgrade_to_head(empty_db) == []
+    assert (await migration_status(empty_db)).is_current
+
+
+async def test_downgrade_to_base_and_back(empty_db: Database) -> None:
+    await upgrade_to_head(empty_db)
+    assert await downgrade(empty_db, "base") is None
+    async with empty_db.engine.connect() as conn:
+        names = await conn.run_sync(lambda c: c.dialect.get_table_names(c))
+    assert set(names) <= {"alembic_version"}
+    assert await upgrade_to_head(empty_db)
+
+
+async def test_schema_from_a_newer_release_is_refused(empty_db: Database) -> None:
+    await upgrade_to_head(empty_db)
+    async with empty_db.engine.begin() as conn:
+        await conn.execute(text("UPDATE alembic_version SET version_num = 'ffff_future'"))
+    with pytest.raises(SchemaAheadError, match="newer release"):
+        await upgrade_to_head(empty_db)
+    with pytest.raises(SchemaAheadError):
+        await migration_status(empty_db)
+
+
+def test_revision_files_are_numbered_in_order() -> None:
+    versions = Path(script_directory().dir) / "versions"
+    names = sorted(p.name for p in versions.glob("[0-9]*.py"))
+    revisions = [r.revision for r in reversed(list(script_directory().walk_revisions()))]
+    assert [n.split("_", 1)[0] for n in names] == revisions
