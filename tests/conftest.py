@@ -137,11 +137,14 @@ def pytest_configure(config: pytest.Config) -> None:
         f"!! {_PG_PROBLEM}\n"
     )
     if REQUIRE_POSTGRES:
-        raise pytest.UsageError(banner + "!! FORGEHALL_REQUIRE_POSTGRES=1: refusing to run "
-                                "only the SQLite half.\n" + "!" * 78)
-    sys.stderr.write(banner + "!! Running ONLY the SQLite half of the suite. Set "
-                     "FORGEHALL_TEST_DATABASE_URL to an admin URL to run it all.\n"
-                     + "!" * 78 + "\n")
+        raise pytest.UsageError(
+            banner + "!! FORGEHALL_REQUIRE_POSTGRES=1: refusing to run "
+            "only the SQLite half.\n" + "!" * 78
+        )
+    sys.stderr.write(
+        banner + "!! Running ONLY the SQLite half of the suite. Set "
+        "FORGEHALL_TEST_DATABASE_URL to an admin URL to run it all.\n" + "!" * 78 + "\n"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -32,24 +32,30 @@ def test_pool_defaults() -> None:
 
 
 def test_pool_url_parameters_override_defaults_and_are_stripped() -> None:
-    config = resolve_database(Settings(
-        database_url="postgresql://u@h/db?pool_max_conns=40&pool_min_conns=10&sslmode=require"
-    ))
+    config = resolve_database(
+        Settings(
+            database_url="postgresql://u@h/db?pool_max_conns=40&pool_min_conns=10&sslmode=require"
+        )
+    )
     assert (config.max_conns, config.min_conns) == (40, 10)
     assert dict(config.url.query) == {"ssl": "require"}
 
 
 def test_environment_overrides_url_parameters() -> None:
-    config = resolve_database(Settings(
-        database_url="postgresql://u@h/db?pool_max_conns=40&pool_min_conns=10",
-        database_max_conns=12, database_min_conns=2,
-    ))
+    config = resolve_database(
+        Settings(
+            database_url="postgresql://u@h/db?pool_max_conns=40&pool_min_conns=10",
+            database_max_conns=12,
+            database_min_conns=2,
+        )
+    )
     assert (config.max_conns, config.min_conns) == (12, 2)
 
 
 def test_min_is_clamped_to_max() -> None:
-    config = resolve_database(Settings(database_url="postgresql://u@h/db?pool_min_conns=50",
-                                       database_max_conns=8))
+    config = resolve_database(
+        Settings(database_url="postgresql://u@h/db?pool_min_conns=50", database_max_conns=8)
+    )
     assert (config.max_conns, config.min_conns) == (8, 8)
 
 

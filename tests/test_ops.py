@@ -97,7 +97,9 @@ async def test_unexpected_error_is_500_without_a_traceback(
 
 
 async def test_oversized_body_by_content_length_gets_413(
-    settings: Settings, db: Database, tmp_path  # type: ignore[no-untyped-def]
+    settings: Settings,
+    db: Database,
+    tmp_path,  # type: ignore[no-untyped-def]
 ) -> None:
     small = make_settings(tmp_path, database_url=settings.database_url, max_body_bytes=2048)
     app = create_app(small, db=db, options=AppOptions(run_services=False))
@@ -118,8 +120,9 @@ async def test_oversized_body_by_content_length_gets_413(
                 yield b"y" * 500
             yield b'"}'
 
-        streamed = await client.post("/echo", content=chunks(),
-                                     headers={"content-type": "application/json"})
+        streamed = await client.post(
+            "/echo", content=chunks(), headers={"content-type": "application/json"}
+        )
     assert ok.status_code == 200
     assert big.status_code == 413
     assert big.headers["content-type"] == PROBLEM
@@ -136,8 +139,9 @@ async def test_malformed_json_is_422_problem(settings: Settings, db: Database) -
         return payload
 
     async with _client(app) as client:
-        response = await client.post("/echo", content=b"{not json",
-                                     headers={"content-type": "application/json"})
+        response = await client.post(
+            "/echo", content=b"{not json", headers={"content-type": "application/json"}
+        )
     assert response.status_code == 422
     assert response.headers["content-type"] == PROBLEM
     assert response.json()["errors"]
@@ -160,6 +164,14 @@ async def test_request_id_accepted_only_from_trusted_proxy(app: FastAPI) -> None
         async with httpx.AsyncClient(transport=untrusted, base_url="http://t") as c:
             spoofed = await c.get("/health", headers={"x-request-id": "edge-abc.123"})
     assert ok.headers["x-request-id"] == "edge-abc.123"
+    async with app.router.lifespan_context(app):
+        trusted = httpx.ASGITransport(app=app, client=("127.0.0.1", 1))
+        async with httpx.AsyncClient(transport=trusted, base_url="http://t") as c:
+            via_proxy = await c.get(
+                "/health",
+                headers={"x-request-id": "edge-xff", "x-forwarded-for": "203.0.113.5, 127.0.0.1"},
+            )
+    assert via_proxy.headers["x-request-id"] == "edge-xff"
     assert bad.headers["x-request-id"] != "has spaces\tand tabs"
     assert spoofed.headers["x-request-id"] != "edge-abc.123"
 

@@ -12,7 +12,6 @@ from forgehall.settings import (
     SettingsError,
     check_settings,
     load_settings,
-    render_configuration_markdown,
 )
 
 STRONG = "s" * 40
@@ -42,8 +41,12 @@ def test_config_file_from_environment_variable(tmp_path: Path) -> None:
 
 def test_prefixed_name_wins_over_unprefixed_alias() -> None:
     loaded = load_settings(
-        environ={"DATABASE_URL": "postgresql://a@h/one", "FORGEHALL_DATABASE_URL":
-                 "postgresql://a@h/two", "PORT": "1", "FORGEHALL_PORT": "2"},
+        environ={
+            "DATABASE_URL": "postgresql://a@h/one",
+            "FORGEHALL_DATABASE_URL": "postgresql://a@h/two",
+            "PORT": "1",
+            "FORGEHALL_PORT": "2",
+        },
         dotenv_file=None,
     )
     assert loaded.settings.database_url == "postgresql://a@h/two"
@@ -51,11 +54,14 @@ def test_prefixed_name_wins_over_unprefixed_alias() -> None:
 
 
 def test_lists_and_pairs_from_environment() -> None:
-    s = load_settings(environ={
-        "FORGEHALL_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1",
-        "FORGEHALL_SERVICE_INTERVALS": "job-history-retention=60",
-        "FORGEHALL_SERVICES_DISABLED": "job-history-retention",
-    }, dotenv_file=None).settings
+    s = load_settings(
+        environ={
+            "FORGEHALL_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1",
+            "FORGEHALL_SERVICE_INTERVALS": "job-history-retention=60",
+            "FORGEHALL_SERVICES_DISABLED": "job-history-retention",
+        },
+        dotenv_file=None,
+    ).settings
     assert s.trusted_proxies == ["10.0.0.0/8", "127.0.0.1"]
     assert s.service_intervals == {"job-history-retention": 60.0}
     assert s.services_disabled == ["job-history-retention"]
@@ -64,15 +70,21 @@ def test_lists_and_pairs_from_environment() -> None:
 def test_unknown_key_in_config_file_is_named_with_a_suggestion(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text('log_levle = "debug"\n')
-    with pytest.raises(SettingsError, match="unknown setting 'log_levle'.*did you mean "
-                       "'log_level'"):
+    with pytest.raises(
+        SettingsError,
+        match=r"unknown setting 'log_levle'.*did you mean "
+        r"'log_level'",
+    ):
         load_settings(config_file=config, environ={}, dotenv_file=None)
 
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [(None, "does not exist"), ("not = [valid", "is not valid TOML"),
-     (b"\xff\xfe", "is not UTF-8")],
+    [
+        (None, "does not exist"),
+        ("not = [valid", "is not valid TOML"),
+        (b"\xff\xfe", "is not UTF-8"),
+    ],
 )
 def test_unreadable_config_file(tmp_path: Path, content: str | bytes | None, message: str) -> None:
     config = tmp_path / "c.toml"
@@ -95,8 +107,7 @@ def test_invalid_value_names_the_variable() -> None:
     with pytest.raises(SettingsError, match="env FORGEHALL_ENV"):
         load_settings(environ={"FORGEHALL_ENV": "staging"}, dotenv_file=None)
     with pytest.raises(SettingsError, match="origin only"):
-        load_settings(environ={"FORGEHALL_PUBLIC_ORIGIN": "https://x.org/app"},
-                      dotenv_file=None)
+        load_settings(environ={"FORGEHALL_PUBLIC_ORIGIN": "https://x.org/app"}, dotenv_file=None)
 
 
 def test_settings_are_frozen() -> None:
@@ -126,8 +137,9 @@ def test_development_defaults_have_no_problems() -> None:
     [(None, "is not set"), ("change-me", "placeholder"), ("short-secret", "shorter than 32")],
 )
 def test_production_refuses_weak_jwt_secret(secret: str | None, message: str) -> None:
-    problems = _problems(env="production", jwt_secret=secret,
-                         public_origin="https://forge.example.com")
+    problems = _problems(
+        env="production", jwt_secret=secret, public_origin="https://forge.example.com"
+    )
     assert list(problems) == ["FORGEHALL_JWT_SECRET"]
     assert message in problems["FORGEHALL_JWT_SECRET"][0]
 
@@ -135,18 +147,36 @@ def test_production_refuses_weak_jwt_secret(secret: str | None, message: str) ->
 def test_production_origin_must_be_https_unless_allowed() -> None:
     problems = _problems(env="production", jwt_secret=STRONG, public_origin="http://f.example")
     assert "is not https" in problems["FORGEHALL_PUBLIC_ORIGIN"][0]
-    assert _problems(env="production", jwt_secret=STRONG, public_origin="http://f.example",
-                     allow_insecure_origin=True) == {}
-    assert "is not set" in _problems(env="production", jwt_secret=STRONG)[
-        "FORGEHALL_PUBLIC_ORIGIN"][0]
+    assert (
+        _problems(
+            env="production",
+            jwt_secret=STRONG,
+            public_origin="http://f.example",
+            allow_insecure_origin=True,
+        )
+        == {}
+    )
+    assert (
+        "is not set" in _problems(env="production", jwt_secret=STRONG)["FORGEHALL_PUBLIC_ORIGIN"][0]
+    )
 
 
 def test_every_problem_is_reported_at_once() -> None:
-    problems = check_settings(Settings(env="production", public_origin="http://x.org",
-                                       encryption_key="nope", metrics_addr="9090"))
+    problems = check_settings(
+        Settings(
+            env="production",
+            public_origin="http://x.org",
+            encryption_key="nope",
+            metrics_addr="9090",
+        )
+    )
     variables = {p.variable for p in problems}
-    assert variables == {"FORGEHALL_JWT_SECRET", "FORGEHALL_PUBLIC_ORIGIN",
-                         "FORGEHALL_ENCRYPTION_KEY", "FORGEHALL_METRICS_ADDR"}
+    assert variables == {
+        "FORGEHALL_JWT_SECRET",
+        "FORGEHALL_PUBLIC_ORIGIN",
+        "FORGEHALL_ENCRYPTION_KEY",
+        "FORGEHALL_METRICS_ADDR",
+    }
     assert all(p.fix for p in problems)
 
 
@@ -160,38 +190,79 @@ def test_encryption_key_rotation_list_is_checked_key_by_key() -> None:
 
 def test_database_url_and_pool_checks() -> None:
     assert "not supported" in _problems(database_url="mysql://x@h/db")["FORGEHALL_DATABASE_URL"][0]
-    warn = check_settings(Settings(database_url="postgresql://u@h/db", database_min_conns=9,
-                                   database_max_conns=3))
+    warn = check_settings(
+        Settings(database_url="postgresql://u@h/db", database_min_conns=9, database_max_conns=3)
+    )
     assert [(p.severity, p.variable) for p in warn] == [("warning", "FORGEHALL_DATABASE_MIN_CONNS")]
 
 
 def test_metrics_on_the_public_listener_is_refused() -> None:
-    assert "same listener" in _problems(metrics_addr="127.0.0.1:8000")[
-        "FORGEHALL_METRICS_ADDR"][0]
+    assert "same listener" in _problems(metrics_addr="127.0.0.1:8000")["FORGEHALL_METRICS_ADDR"][0]
 
 
 def test_unknown_service_names_are_refused() -> None:
-    problems = _problems(services_disabled=["no-such-service"])
-    assert "no-such-service" in problems["FORGEHALL_SERVICES_DISABLED"][0]
-    problems = _problems(service_intervals={"nope": 3})
-    assert "nope" in problems["FORGEHALL_SERVICE_INTERVALS"][0]
+    from forgehall.app import check_configuration
+
+    problems = check_configuration(
+        Settings(services_disabled=["no-such-service"], service_intervals={"nope": 3})
+    )
+    assert [(p.variable, p.message) for p in problems] == [
+        ("FORGEHALL_SERVICES_DISABLED", "names unknown service(s) no-such-service"),
+        ("FORGEHALL_SERVICE_INTERVALS", "names unknown service(s) nope"),
+    ]
+    assert check_configuration(Settings(services_disabled=["all"])) == []
 
 
 def test_secret_values_cover_every_secret_field() -> None:
-    s = Settings(jwt_secret=STRONG, database_url="postgresql://u:hunter2-password@h/db",
-                 encryption_key="a" * 44 + "," + "b" * 44)
+    s = Settings(
+        jwt_secret=STRONG,
+        database_url="postgresql://u:hunter2-password@h/db",
+        encryption_key="a" * 44 + "," + "b" * 44,
+    )
     assert set(s.secret_values()) == {STRONG, "hunter2-password", "a" * 44, "b" * 44}
 
 
-def test_configuration_docs_are_current() -> None:
-    path = Path(__file__).parent.parent / "docs" / "configuration.md"
-    assert path.read_text() == render_configuration_markdown(), (
-        "docs/configuration.md is stale: run `forgehall config docs -o docs/configuration.md`"
+def test_production_refuses_a_fixed_dev_login_code() -> None:
+    problems = _problems(
+        env="production",
+        jwt_secret=STRONG,
+        dev_login_code="888888",
+        public_origin="https://f.example",
     )
+    assert list(problems) == ["FORGEHALL_DEV_LOGIN_CODE"]
+    assert _problems(dev_login_code="888888") == {}
+    assert "six digits" in _problems(dev_login_code="abc")["FORGEHALL_DEV_LOGIN_CODE"][0]
 
 
-def test_every_setting_is_documented_with_a_description() -> None:
-    text = render_configuration_markdown()
-    for name, info in Settings.model_fields.items():
-        assert info.description, f"setting {name} has no description"
-        assert f"`FORGEHALL_{name.upper()}`" in text
+@pytest.mark.parametrize("domain", ["192.168.1.10", "::1", "[::1]", ".10.0.0.1"])
+def test_cookie_domain_may_not_be_an_ip_literal(domain: str) -> None:
+    assert "IP address" in _problems(cookie_domain=domain)["FORGEHALL_COOKIE_DOMAIN"][0]
+    assert _problems(cookie_domain=".example.com") == {}
+
+
+def test_settings_that_only_work_together() -> None:
+    problems = _problems(github_client_id="abc")
+    assert "FORGEHALL_GITHUB_CLIENT_ID is set" in problems["FORGEHALL_GITHUB_CLIENT_SECRET"][0]
+    problems = _problems(oidc_issuer="https://sso.example.com")
+    assert "FORGEHALL_OIDC_CLIENT_ID" in problems
+    problems = _problems(smtp_password="pw")
+    assert "FORGEHALL_SMTP_USERNAME" in problems
+    warnings = check_settings(Settings(smtp_ehlo_name="mail.example.com"))
+    assert [(p.severity, p.variable) for p in warnings] == [("warning", "FORGEHALL_SMTP_EHLO_NAME")]
+    assert _problems(gitlab_client_id="a", gitlab_client_secret="b") == {}
+
+
+def test_bootstrap_admin_entries_and_cors_origins_are_validated() -> None:
+    problems = _problems(
+        bootstrap_admins=["email:a@x.org", "alice"],
+        cors_allowed_origins=["https://ok.example", "https://x.org/path"],
+    )
+    assert "'alice'" in problems["FORGEHALL_BOOTSTRAP_ADMINS"][0]
+    assert "'https://x.org/path'" in problems["FORGEHALL_CORS_ALLOWED_ORIGINS"][0]
+
+
+def test_smtp_tls_modes() -> None:
+    assert Settings(smtp_port=465).smtp_implicit_tls
+    assert Settings(smtp_tls="smtps").smtp_implicit_tls
+    assert Settings(smtp_tls="ssl", smtp_port=2525).smtp_implicit_tls
+    assert not Settings(smtp_port=587).smtp_implicit_tls

@@ -24,13 +24,33 @@ from forgehall.db.engine import Database
 from forgehall.db.url import resolve_database
 from forgehall.ops.routes import router as ops_router
 from forgehall.ops.service import JobHistoryRetention
-from forgehall.settings import Settings
+from forgehall.settings import Problem, Settings, check_settings
 
 log = structlog.get_logger("forgehall.app")
 
 #: Every background service a replica can run (names are documented in docs/operations.md).
 BACKGROUND_SERVICES: tuple[type[BackgroundService], ...] = (JobHistoryRetention,)
 API_PREFIX = "/api/v1"
+
+
+def check_configuration(settings: Settings) -> list[Problem]:
+    """Every configuration check: the settings' own and those needing the service list."""
+    known = sorted(cls.name for cls in BACKGROUND_SERVICES)
+    problems = check_settings(settings)
+    for setting, names in (
+        ("services_disabled", settings.services_disabled),
+        ("service_intervals", list(settings.service_intervals)),
+    ):
+        unknown = [n for n in names if n not in known and n != "all"]
+        if unknown:
+            problems.append(
+                Problem(
+                    setting,
+                    f"names unknown service(s) {', '.join(unknown)}",
+                    f"use names from: {', '.join(known)} (or `all`)",
+                )
+            )
+    return sorted(problems, key=lambda p: p.severity != "error")
 
 
 @dataclass
@@ -59,17 +79,25 @@ def create_app(
         if "all" in disabled:
             disabled = [cls.name for cls in BACKGROUND_SERVICES]
         services = select_services(
-            BACKGROUND_SERVICES, database, disabled=disabled,
-            intervals=dict(settings.service_intervals), runner_id=runner_id,
+            BACKGROUND_SERVICES,
+            database,
+            disabled=disabled,
+            intervals=dict(settings.service_intervals),
+            runner_id=runner_id,
         )
-    runner = ServiceRunner(services or [], metrics=metrics,
-                           stop_grace=max(settings.shutdown_grace_seconds, 1.0))
+    runner = ServiceRunner(
+        services or [], metrics=metrics, stop_grace=max(settings.shutdown_grace_seconds, 1.0)
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runner.start()
-        log.info("app.started", version=__version__, database=database.dialect,
-                 services=[s.name for s in runner.services])
+        log.info(
+            "app.started",
+            version=__version__,
+            database=database.dialect,
+            services=[s.name for s in runner.services],
+        )
         try:
             yield
         finally:
@@ -81,8 +109,7 @@ def create_app(
     app = FastAPI(
         title="Forgehall",
         version=__version__,
-        description="Self-hosted control plane where humans and AI coding agents work as "
-        "one team.",
+        description="Self-hosted control plane where humans and AI coding agents work as one team.",
         lifespan=lifespan,
         openapi_url=f"{API_PREFIX}/openapi.json",
         docs_url=f"{API_PREFIX}/docs",

@@ -18,28 +18,30 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import math
 import os
 import secrets
+import signal
 import socket
 import sys
 import threading
 import time
-from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from pathlib import Path
+from socketserver import ThreadingMixIn
 from typing import Any, Literal
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import structlog
 import uvicorn
 from prometheus_client import make_wsgi_app
 
 from forgehall import __version__
-from forgehall.app import AppOptions, create_app
+from forgehall.app import AppOptions, check_configuration, create_app
 from forgehall.core.logging import configure_logging
 from forgehall.db.engine import Database
 from forgehall.db.migrate import SchemaAheadError, upgrade_to_head
 from forgehall.db.url import DatabaseUrlError, resolve_database
-from forgehall.settings import LoadedSettings, Settings, check_settings, parse_host_port
+from forgehall.settings import LoadedSettings, Settings, parse_host_port
 
 log = structlog.get_logger("forgehall.server")
 
@@ -83,11 +85,14 @@ def bind_socket(host: str, port: int, what: str, variable: str) -> socket.socket
                 f"choose another port with {variable}"
             ) from None
         if exc.errno == errno.EADDRNOTAVAIL:
-            raise StartupError(f"{what} address {host} is not an address of this machine "
-                               f"({variable})") from None
+            raise StartupError(
+                f"{what} address {host} is not an address of this machine ({variable})"
+            ) from None
         if exc.errno == errno.EACCES:
-            raise StartupError(f"not allowed to listen on {host}:{port} ({variable}); ports "
-                               "below 1024 need privileges") from None
+            raise StartupError(
+                f"not allowed to listen on {host}:{port} ({variable}); ports "
+                "below 1024 need privileges"
+            ) from None
         raise StartupError(f"cannot listen on {host}:{port} ({variable}): {exc.strerror}") from None
     sock.listen(2048)
     sock.set_inheritable(True)
@@ -133,7 +138,7 @@ def run(loaded: LoadedSettings, mode: Literal["serve", "up"]) -> int:
 
 async def _run(loaded: LoadedSettings, mode: Literal["serve", "up"]) -> int:
     settings = loaded.settings
-    problems = check_settings(settings)
+    problems = check_configuration(settings)
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         lines = "\n".join(f"  - {p.render()}" for p in errors)
@@ -143,11 +148,15 @@ async def _run(loaded: LoadedSettings, mode: Literal["serve", "up"]) -> int:
             exit_code=2,
         )
     settings = ensure_jwt_secret(settings)
-    configure_logging(level=settings.log_level, fmt=settings.effective_log_format,
-                      secrets=settings.secret_values())
+    configure_logging(
+        level=settings.log_level,
+        fmt=settings.effective_log_format,
+        secrets=settings.secret_values(),
+    )
     for problem in problems:
-        log.warning("config.warning", setting=problem.variable, message=problem.message,
-                    fix=problem.fix)
+        log.warning(
+            "config.warning", setting=problem.variable, message=problem.message, fix=problem.fix
+        )
     try:
         db_config = resolve_database(settings)
     except DatabaseUrlError as exc:
@@ -178,9 +187,8 @@ async def _run(loaded: LoadedSettings, mode: Literal["serve", "up"]) -> int:
         log_config=None,
         access_log=False,
         lifespan="on",
-        proxy_headers=True,
-        forwarded_allow_ips=",".join(settings.trusted_proxies),
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+        proxy_headers=False,  # RequestContextMiddleware handles trusted proxies
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
         server_header=False,
     )
     server = uvicorn.Server(config)
@@ -189,14 +197,27 @@ async def _run(loaded: LoadedSettings, mode: Literal["serve", "up"]) -> int:
         metrics_thread = _start_metrics_listener(metrics_sock, app.state.metrics.registry)
     port = public.getsockname()[1]
     url = settings.public_origin or f"http://{_display_host(settings.host)}:{port}"
-    log.info("server.listening", url=url, mode=mode, version=__version__,
-             database=db_config.dialect, migrations_applied=len(applied),
-             metrics=settings.metrics_addr)
+    log.info(
+        "server.listening",
+        url=url,
+        mode=mode,
+        version=__version__,
+        database=db_config.dialect,
+        migrations_applied=len(applied),
+        metrics=settings.metrics_addr,
+    )
     if mode == "up":
         _print_banner(url, db_config.display, settings.data_dir)
     asyncio.get_running_loop().create_task(db.warm())
+    # uvicorn restores the previous handlers after its graceful shutdown and re-raises
+    # the signal; with ours in place that is a no-op and a clean stop exits 0.
+    received: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: received.append(signum))
     try:
         await server.serve(sockets=[public])
+        if received:
+            log.info("server.stopped", signal=signal.Signals(received[0]).name)
     finally:
         if metrics_thread is not None:
             metrics_thread.shutdown()
@@ -220,7 +241,7 @@ def _print_banner(url: str, database: str, data_dir: Path) -> None:
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+    def log_message(self, format: str, *args: Any) -> None:
         """Scrapes are not worth a log line each."""
 
 

@@ -207,6 +207,162 @@ class Settings(BaseSettings):
         json_schema_extra=_meta("Security", secret=True),
     )
 
+    session_ttl_hours: int = Field(
+        720,
+        ge=1,
+        description="How long a browser session lasts without signing in again.",
+        json_schema_extra=_meta("Security"),
+    )
+    cookie_domain: str | None = Field(
+        None,
+        description="`Domain` attribute of the session cookie, only when the UI and API are "
+        "on different subdomains of one domain (e.g. `.example.com`). Never an IP address.",
+        json_schema_extra=_meta("Security", example=".example.com"),
+    )
+    cors_allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Comma-separated origins allowed for CORS and for the WebSocket `Origin` "
+        "check. Default: the public origin only.",
+        json_schema_extra=_meta("Security", example="https://app.example.com"),
+    )
+
+    # --- Login --------------------------------------------------------------------------
+    allow_signup: bool = Field(
+        True,
+        description="Allow new accounts. Existing accounts can always log in; addresses in "
+        "FORGEHALL_ALLOWED_EMAILS are always admitted.",
+        json_schema_extra=_meta("Login"),
+    )
+    allowed_email_domains: list[str] = Field(
+        default_factory=list,
+        description="Comma-separated domains whose addresses may sign up (empty: any).",
+        json_schema_extra=_meta("Login", example="example.com,example.org"),
+    )
+    allowed_emails: list[str] = Field(
+        default_factory=list,
+        description="Comma-separated addresses that may always sign up.",
+        json_schema_extra=_meta("Login"),
+    )
+    disable_workspace_creation: bool = Field(
+        False,
+        description="Only instance admins may create workspaces; everyone else joins by "
+        "invitation.",
+        json_schema_extra=_meta("Login"),
+    )
+    dev_login_code: str | None = Field(
+        None,
+        description="A fixed six-digit login code for local development. Refused in production.",
+        json_schema_extra=_meta("Login", secret=True, example="888888"),
+    )
+    bootstrap_admins: list[str] = Field(
+        default_factory=list,
+        description="Comma-separated identities promoted to instance admin when they log in: "
+        "`email:alice@example.com`, `github:12345`, `gitlab:<id>`, `google:<sub>`, "
+        "`oidc:<issuer>:<sub>`.",
+        json_schema_extra=_meta("Login", example="email:alice@example.com"),
+    )
+    bootstrap_token: SecretStr | None = Field(
+        None,
+        description="A one-time break-glass token: `POST /api/v1/admin/bootstrap` with it "
+        "promotes the caller to instance admin while no admin exists.",
+        json_schema_extra=_meta("Login", secret=True),
+    )
+
+    # --- Email ------------------------------------------------------------------------
+    smtp_host: str | None = Field(
+        None,
+        description="SMTP relay host; setting it sends login codes and invitations by mail. "
+        "Unset: codes are printed to the server log.",
+        json_schema_extra=_meta("Email", example="smtp.example.com"),
+    )
+    smtp_port: int = Field(
+        25,
+        ge=1,
+        le=65535,
+        description="SMTP port (465 implies implicit TLS).",
+        json_schema_extra=_meta("Email"),
+    )
+    smtp_username: str | None = Field(
+        None, description="SMTP user (unset: no authentication).", json_schema_extra=_meta("Email")
+    )
+    smtp_password: SecretStr | None = Field(
+        None, description="SMTP password.", json_schema_extra=_meta("Email", secret=True)
+    )
+    smtp_tls: Literal["starttls", "implicit", "smtps", "ssl"] = Field(
+        "starttls",
+        description="`starttls` (upgrade when the server offers it) or `implicit` (aliases "
+        "`smtps`, `ssl`: TLS from the first byte; automatic on port 465).",
+        json_schema_extra=_meta("Email"),
+    )
+    smtp_tls_insecure: bool = Field(
+        False,
+        description="Skip TLS certificate verification (private CA or self-signed relay).",
+        json_schema_extra=_meta("Email"),
+    )
+    smtp_ehlo_name: str | None = Field(
+        None,
+        description="Name announced in EHLO; set a real FQDN for strict relays.",
+        json_schema_extra=_meta("Email"),
+    )
+    mail_from: str = Field(
+        "Forgehall <forgehall@localhost>",
+        description="Sender address of mail Forgehall sends.",
+        json_schema_extra=_meta("Email", example="Forgehall <forgehall@example.com>"),
+    )
+
+    # --- OAuth / OIDC login ---------------------------------------------------------------
+    github_client_id: str | None = Field(
+        None,
+        description="GitHub OAuth app client id.",
+        json_schema_extra=_meta("OAuth / OIDC login"),
+    )
+    github_client_secret: SecretStr | None = Field(
+        None,
+        description="GitHub OAuth app client secret.",
+        json_schema_extra=_meta("OAuth / OIDC login", secret=True),
+    )
+    gitlab_url: str = Field(
+        "https://gitlab.com",
+        description="Default GitLab instance for login. Further "
+        "self-hosted instances are added at runtime by an instance admin.",
+        json_schema_extra=_meta("OAuth / OIDC login"),
+    )
+    gitlab_client_id: str | None = Field(
+        None, description="GitLab application id.", json_schema_extra=_meta("OAuth / OIDC login")
+    )
+    gitlab_client_secret: SecretStr | None = Field(
+        None,
+        description="GitLab application secret.",
+        json_schema_extra=_meta("OAuth / OIDC login", secret=True),
+    )
+    google_client_id: str | None = Field(
+        None, description="Google OAuth client id.", json_schema_extra=_meta("OAuth / OIDC login")
+    )
+    google_client_secret: SecretStr | None = Field(
+        None,
+        description="Google OAuth client secret.",
+        json_schema_extra=_meta("OAuth / OIDC login", secret=True),
+    )
+    oidc_issuer: str | None = Field(
+        None,
+        description="Issuer URL of an enterprise OIDC provider (Okta, Entra ID, "
+        "Keycloak…); discovery is read from `<issuer>/.well-known/openid-configuration`.",
+        json_schema_extra=_meta("OAuth / OIDC login", example="https://sso.example.com/realms/x"),
+    )
+    oidc_client_id: str | None = Field(
+        None, description="OIDC client id.", json_schema_extra=_meta("OAuth / OIDC login")
+    )
+    oidc_client_secret: SecretStr | None = Field(
+        None,
+        description="OIDC client secret.",
+        json_schema_extra=_meta("OAuth / OIDC login", secret=True),
+    )
+    oidc_display_name: str = Field(
+        "Single sign-on",
+        description="Button label for the OIDC provider.",
+        json_schema_extra=_meta("OAuth / OIDC login"),
+    )
+
     # --- Observability --------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info",
@@ -263,7 +419,15 @@ class Settings(BaseSettings):
                 raise ValueError(f"interval of {name} must be positive")
         return value
 
-    @field_validator("trusted_proxies", "services_disabled", mode="before")
+    @field_validator(
+        "trusted_proxies",
+        "services_disabled",
+        "cors_allowed_origins",
+        "allowed_email_domains",
+        "allowed_emails",
+        "bootstrap_admins",
+        mode="before",
+    )
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -301,6 +465,19 @@ class Settings(BaseSettings):
     def origin(self) -> str:
         """The public origin, defaulting to the local listener."""
         return self.public_origin or f"http://localhost:{self.port}"
+
+    @property
+    def allowed_origins(self) -> list[str]:
+        """Origins trusted for CORS, CSRF and WebSocket checks."""
+        return [o.rstrip("/").lower() for o in self.cors_allowed_origins] or [self.origin]
+
+    @property
+    def cookie_secure(self) -> bool:
+        return self.origin.startswith("https://")
+
+    @property
+    def smtp_implicit_tls(self) -> bool:
+        return self.smtp_tls in ("implicit", "smtps", "ssl") or self.smtp_port == 465
 
     @property
     def effective_log_format(self) -> Literal["json", "console"]:
@@ -558,20 +735,85 @@ def _check_metrics_addr(s: Settings) -> Iterable[Problem]:
 
 def _check_dev_data_dir(s: Settings) -> Iterable[Problem]:
     if s.data_dir.exists() and not s.data_dir.is_dir():
-        yield Problem("data_dir", f"{s.data_dir} exists and is not a directory", "point it "
-                      "at a directory Forgehall may create files in")
+        yield Problem(
+            "data_dir",
+            f"{s.data_dir} exists and is not a directory",
+            "point it at a directory Forgehall may create files in",
+        )
 
 
-def _check_services(s: Settings) -> Iterable[Problem]:
-    from forgehall.app import BACKGROUND_SERVICES
+def _check_login(s: Settings) -> Iterable[Problem]:
+    if s.dev_login_code is not None:
+        if s.is_production:
+            yield Problem(
+                "dev_login_code",
+                "a fixed login code is set in production, so anyone could log in as anyone",
+                "unset FORGEHALL_DEV_LOGIN_CODE",
+            )
+        elif not (len(s.dev_login_code) == 6 and s.dev_login_code.isdigit()):
+            yield Problem("dev_login_code", "must be six digits", "use e.g. 888888")
+    if s.cookie_domain is not None:
+        try:
+            ipaddress.ip_address(s.cookie_domain.strip(".[]"))
+        except ValueError:
+            pass
+        else:
+            yield Problem(
+                "cookie_domain",
+                "is an IP address, which browsers refuse as a cookie Domain (RFC 6265)",
+                "unset it for single-host deployments",
+            )
+    for origin in s.cors_allowed_origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+            yield Problem(
+                "cors_allowed_origins",
+                f"{origin!r} is not an origin",
+                "list origins like https://app.example.com, comma-separated",
+            )
+    for entry in s.bootstrap_admins:
+        kind, _, rest = entry.partition(":")
+        if kind not in ("email", "github", "gitlab", "google", "oidc") or not rest:
+            yield Problem(
+                "bootstrap_admins",
+                f"{entry!r} is not kind:value",
+                "use email:alice@example.com, github:12345 or oidc:<issuer>:<sub>",
+            )
 
-    known = sorted(cls.name for cls in BACKGROUND_SERVICES)
-    for setting, names in (("services_disabled", s.services_disabled),
-                           ("service_intervals", list(s.service_intervals))):
-        unknown = [n for n in names if n not in known and n != "all"]
-        if unknown:
-            yield Problem(setting, f"names unknown service(s) {', '.join(unknown)}",
-                          f"use names from: {', '.join(known)} (or `all`)")
+
+def _check_groups(s: Settings) -> Iterable[Problem]:
+    """Settings that only work together."""
+    pairs = [
+        ("github_client_id", "github_client_secret"),
+        ("gitlab_client_id", "gitlab_client_secret"),
+        ("google_client_id", "google_client_secret"),
+        ("oidc_client_id", "oidc_client_secret"),
+        ("smtp_username", "smtp_password"),
+    ]
+    for first, second in pairs:
+        if bool(getattr(s, first)) != bool(getattr(s, second)):
+            present, missing = (first, second) if getattr(s, first) else (second, first)
+            yield Problem(
+                missing,
+                f"is required because {env_names(present)[0]} is set",
+                f"set both {env_names(first)[0]} and {env_names(second)[0]}, or neither",
+            )
+    if bool(s.oidc_issuer) != bool(s.oidc_client_id):
+        missing = "oidc_client_id" if s.oidc_issuer else "oidc_issuer"
+        yield Problem(
+            missing,
+            "OIDC login needs the issuer, client id and secret together",
+            "set FORGEHALL_OIDC_ISSUER, _CLIENT_ID and _CLIENT_SECRET",
+        )
+    if s.smtp_host is None:
+        for name in ("smtp_username", "smtp_ehlo_name"):
+            if getattr(s, name):
+                yield Problem(
+                    name,
+                    "has no effect without FORGEHALL_SMTP_HOST",
+                    "set FORGEHALL_SMTP_HOST or remove it",
+                    severity="warning",
+                )
 
 
 #: Every check run by ``forgehall config check`` and at server start-up.
@@ -582,7 +824,8 @@ CHECKS: tuple[Check, ...] = (
     _check_database,
     _check_metrics_addr,
     _check_dev_data_dir,
-    _check_services,
+    _check_login,
+    _check_groups,
 )
 
 

@@ -24,7 +24,11 @@ app = typer.Typer(
 def main_options(
     ctx: typer.Context,
     config: str | None = typer.Option(
-        None, "--config", "-c", envvar="FORGEHALL_CONFIG", metavar="FILE",
+        None,
+        "--config",
+        "-c",
+        envvar="FORGEHALL_CONFIG",
+        metavar="FILE",
         help="TOML config file (environment and .env take precedence over it).",
     ),
 ) -> None:

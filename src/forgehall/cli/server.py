@@ -6,7 +6,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from cryptography.fernet import Fernet
@@ -18,7 +18,6 @@ from forgehall.cli.context import fail, state
 from forgehall.settings import (
     Settings,
     _field_extra,
-    check_settings,
     env_names,
     render_configuration_markdown,
 )
@@ -35,11 +34,12 @@ def register(app: typer.Typer) -> None:
     app.add_typer(config_app, name="config")
 
 
-def serve(
-    ctx: typer.Context,
-    host: str | None = typer.Option(None, help="Listen address (default FORGEHALL_HOST)."),
-    port: int | None = typer.Option(None, help="Listen port (default PORT/FORGEHALL_PORT)."),
-) -> None:
+HostOption = Annotated[str | None, typer.Option(help="Listen address (default FORGEHALL_HOST).")]
+PortOption = Annotated[int | None, typer.Option(help="Listen port (default PORT/FORGEHALL_PORT).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def serve(ctx: typer.Context, host: HostOption = None, port: PortOption = None) -> None:
     """Run an API replica: the HTTP API and the background services.
 
     Migrations are applied at start-up (safe with several replicas on PostgreSQL).
@@ -48,11 +48,7 @@ def serve(
     _run_server(ctx, "serve", host, port)
 
 
-def up(
-    ctx: typer.Context,
-    host: str | None = typer.Option(None, help="Listen address (default 127.0.0.1)."),
-    port: int | None = typer.Option(None, help="Listen port (default 8000)."),
-) -> None:
+def up(ctx: typer.Context, host: HostOption = None, port: PortOption = None) -> None:
     """Run everything for one person in one process, on embedded SQLite by default.
 
     Prints the URL to open. Data lives in FORGEHALL_DATA_DIR
@@ -125,15 +121,17 @@ def migrate_up(ctx: typer.Context) -> None:
 
 @migrate_app.command("status")
 def migrate_status(
-    ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show the current revision, the head and what is pending."""
     from forgehall.db.migrate import migration_status
 
     status = _with_database(ctx, migration_status)
     if as_json:
-        typer.echo(json.dumps({"current": status.current, "head": status.head,
-                               "pending": status.pending}))
+        typer.echo(
+            json.dumps({"current": status.current, "head": status.head, "pending": status.pending})
+        )
         return
     typer.echo(f"current: {status.current or '(empty database)'}")
     typer.echo(f"head:    {status.head}")
@@ -145,8 +143,8 @@ def migrate_status(
 @migrate_app.command("down")
 def migrate_down(
     ctx: typer.Context,
-    to: str = typer.Option("-1", "--to", help="Target revision, -1 for one step, or base."),
-    yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+    to: Annotated[str, typer.Option(help="Target revision, -1 for one step, or base.")] = "-1",
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Revert migrations. Data in dropped tables is lost: take a backup first."""
     from forgehall.db.migrate import downgrade
@@ -163,8 +161,10 @@ def config_check(ctx: typer.Context) -> None:
 
     Exits 1 when there is an error (the server would refuse to start), 0 otherwise.
     """
+    from forgehall.app import check_configuration
+
     settings = state(ctx).load().settings
-    problems = check_settings(settings)
+    problems = check_configuration(settings)
     if not problems:
         typer.echo(f"configuration OK ({settings.env})")
         return
@@ -178,18 +178,21 @@ def config_check(ctx: typer.Context) -> None:
 
 @config_app.command("show")
 def config_show(
-    ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Print the effective configuration (secrets masked) and where each value came from."""
     loaded = state(ctx).load()
     rows = []
     for name, info in Settings.model_fields.items():
         value = getattr(loaded.settings, name)
-        rows.append({
-            "setting": env_names(name)[0],
-            "value": _display_value(name, value, bool(_field_extra(info).get("secret"))),
-            "source": loaded.origins.get(name, "default"),
-        })
+        rows.append(
+            {
+                "setting": env_names(name)[0],
+                "value": _display_value(name, value, bool(_field_extra(info).get("secret"))),
+                "source": loaded.origins.get(name, "default"),
+            }
+        )
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -222,7 +225,9 @@ def _display_value(name: str, value: Any, secret: bool) -> str:
 
 @config_app.command("docs")
 def config_docs(
-    output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file."),
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file.")
+    ] = None,
 ) -> None:
     """Print docs/configuration.md, generated from the settings tree."""
     text = render_configuration_markdown()

@@ -88,28 +88,36 @@ def problem_response(
     if instance:
         body["instance"] = instance
     body.update(extensions)
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_CONTENT_TYPE,
-                        headers=headers)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_CONTENT_TYPE, headers=headers)
 
 
 async def _on_problem(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProblemError)
     return problem_response(
-        exc.status, exc.detail, type_=exc.type, title=exc.title,
-        instance=request.url.path, headers=exc.headers, **exc.extensions,
+        exc.status,
+        exc.detail,
+        type_=exc.type,
+        title=exc.title,
+        instance=request.url.path,
+        headers=exc.headers,
+        **exc.extensions,
     )
 
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code,
-                                                                          ("", "Error"))[1]
+    detail = (
+        exc.detail
+        if isinstance(exc.detail, str)
+        else _TITLES.get(exc.status_code, ("", "Error"))[1]
+    )
     if exc.status_code == 404 and exc.detail == "Not Found":
         detail = f"no route matches {request.method} {request.url.path}"
     if exc.status_code == 405:
         detail = f"{request.method} is not allowed on {request.url.path}"
-    return problem_response(exc.status_code, detail, instance=request.url.path,
-                            headers=dict(exc.headers or {}))
+    return problem_response(
+        exc.status_code, detail, instance=request.url.path, headers=dict(exc.headers or {})
+    )
 
 
 async def _on_validation_error(request: Request, exc: Exception) -> Response:
@@ -122,8 +130,9 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
         for error in exc.errors()
     ]
     summary = "; ".join(f"{e['location']}: {e['message']}" for e in errors[:5])
-    return problem_response(422, f"the request is invalid: {summary}",
-                            instance=request.url.path, errors=errors)
+    return problem_response(
+        422, f"the request is invalid: {summary}", instance=request.url.path, errors=errors
+    )
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:

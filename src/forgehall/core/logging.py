@@ -104,6 +104,9 @@ def configure_logging(
     # Access lines come from our own middleware, with the request id and route.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
+    # Alembic narrates every context it configures (each readiness probe); our own
+    # migrate.* events say what was applied.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

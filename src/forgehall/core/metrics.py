@@ -35,14 +35,16 @@ class _PoolCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         status = self._read_pool()
         conns = GaugeMetricFamily(
-            "forgehall_db_pool_connections", "Database pool connections by state",
+            "forgehall_db_pool_connections",
+            "Database pool connections by state",
             labels=["state"],
         )
         conns.add_metric(["in_use"], status["in_use"])
         conns.add_metric(["idle"], status["idle"])
         yield conns
         yield GaugeMetricFamily(
-            "forgehall_db_pool_max_connections", "Configured maximum pool size",
+            "forgehall_db_pool_max_connections",
+            "Configured maximum pool size",
             value=status["max"],
         )
 
@@ -53,27 +55,36 @@ class Metrics:
     def __init__(self, read_pool: Callable[[], dict[str, int]] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         build = Gauge(
-            "forgehall_build_info", "Forgehall build information",
-            ["version", "python"], registry=self.registry,
+            "forgehall_build_info",
+            "Forgehall build information",
+            ["version", "python"],
+            registry=self.registry,
         )
         build.labels(version=__version__, python=platform.python_version()).set(1)
         self.http_requests = Counter(
-            "forgehall_http_requests", "HTTP requests by route template and status",
-            ["method", "route", "status"], registry=self.registry,
+            "forgehall_http_requests",
+            "HTTP requests by route template and status",
+            ["method", "route", "status"],
+            registry=self.registry,
         )
         self.http_duration = Histogram(
-            "forgehall_http_request_duration_seconds", "HTTP request latency",
-            ["method", "route"], registry=self.registry,
+            "forgehall_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self.service_runs = Counter(
-            "forgehall_background_service_runs", "Background service iterations",
-            ["service", "outcome"], registry=self.registry,
+            "forgehall_background_service_runs",
+            "Background service iterations",
+            ["service", "outcome"],
+            registry=self.registry,
         )
         self.service_overruns = Counter(
             "forgehall_background_service_overruns",
             "Background service iterations that took longer than their interval",
-            ["service"], registry=self.registry,
+            ["service"],
+            registry=self.registry,
         )
         if read_pool is not None:
             self.registry.register(_PoolCollector(read_pool))

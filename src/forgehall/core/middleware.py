@@ -2,8 +2,11 @@
 
 Written as plain ASGI so it wraps streaming bodies and WebSockets without buffering.
 
-- ``X-Request-ID`` is accepted from a trusted proxy (and only if it looks like an id),
-  otherwise generated; it is on every log line of the request and in the response.
+- The direct peer decides trust: only when it is one of ``trusted_proxies`` are its
+  ``X-Request-ID`` (if it looks like an id), ``X-Forwarded-For`` (the rightmost
+  untrusted address becomes the client) and ``X-Forwarded-Proto`` believed. uvicorn's
+  own proxy handling is off so this decision is made on the real peer, once.
+- The request id is on every log line of the request and in the response.
 - A body larger than the limit gets 413 — by ``Content-Length`` up front, or while
   streaming for chunked uploads — before the application reads it whole.
 - An exception escaping the application is logged once, with the request id, and
@@ -65,8 +68,11 @@ class RequestContextMiddleware:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         client = scope.get("client")
         offered = headers.get("x-request-id", "")
-        if offered and _REQUEST_ID.match(offered) and is_trusted(client[0] if client else None,
-                                                                 self.trusted):
+        if (
+            offered
+            and _REQUEST_ID.match(offered)
+            and is_trusted(client[0] if client else None, self.trusted)
+        ):
             request_id = offered
         else:
             request_id = uuid.uuid4().hex
@@ -121,7 +127,8 @@ class RequestContextMiddleware:
                 status = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [
-                    *message["headers"], (b"x-request-id", request_id.encode("latin-1"))
+                    *message["headers"],
+                    (b"x-request-id", request_id.encode("latin-1")),
                 ]
             await send(message)
 
@@ -130,8 +137,7 @@ class RequestContextMiddleware:
         except Exception as exc:
             if rejected:
                 return
-            log.exception("request.unhandled_error", path=scope["path"],
-                          error=type(exc).__name__)
+            log.exception("request.unhandled_error", path=scope["path"], error=type(exc).__name__)
             status = 500
             if not response_started:
                 response = problem_response(
@@ -145,6 +151,18 @@ class RequestContextMiddleware:
         finally:
             self._record(scope, status, started)
             clear_context()
+
+    def _apply_forwarded(self, scope: Scope, headers: dict[str, str]) -> None:
+        forwarded = [a.strip() for a in headers.get("x-forwarded-for", "").split(",") if a.strip()]
+        for address in reversed(forwarded):
+            if not is_trusted(address, self.trusted):
+                scope["client"] = (address, 0)
+                break
+        proto = headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+        if proto in ("http", "https") and scope["type"] == "http":
+            scope["scheme"] = proto
+        elif proto in ("http", "https"):
+            scope["scheme"] = "wss" if proto == "https" else "ws"
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         response = problem_response(
@@ -161,7 +179,11 @@ class RequestContextMiddleware:
         route = getattr(scope.get("route"), "path", None) or "unmatched"
         method = scope.get("method", "GET")
         log.info(
-            "http.request", method=method, path=scope["path"], route=route, status=status,
+            "http.request",
+            method=method,
+            path=scope["path"],
+            route=route,
+            status=status,
             duration_ms=round(elapsed * 1000, 2),
         )
         if self.metrics is not None:

@@ -34,6 +34,7 @@ from forgehall.db.engine import Database
 from forgehall.db.jobs import claim_job_execution, finish_job_execution
 
 log = structlog.get_logger("forgehall.services")
+LEADER_RETRY_SECONDS = 5.0
 
 
 class BackgroundService(ABC):
@@ -43,8 +44,9 @@ class BackgroundService(ABC):
     default_interval: ClassVar[float]
     leader_only: ClassVar[bool] = False
 
-    def __init__(self, db: Database, *, interval: float | None = None,
-                 runner_id: str = "local") -> None:
+    def __init__(
+        self, db: Database, *, interval: float | None = None, runner_id: str = "local"
+    ) -> None:
         self.db = db
         self.interval = interval if interval is not None else self.default_interval
         self.runner_id = runner_id
@@ -78,7 +80,10 @@ class PeriodicJob(BackgroundService):
         plan = self.plan_time(datetime.now(UTC))
         async with self.db.session() as session:
             execution = await claim_job_execution(
-                session, job=self.name, scope=self.scope, plan_time=plan,
+                session,
+                job=self.name,
+                scope=self.scope,
+                plan_time=plan,
                 runner_id=self.runner_id,
             )
         if execution is None:
@@ -117,10 +122,15 @@ class ServiceRunner:
 
     def start(self) -> None:
         for service in self.services:
-            self._tasks.append(asyncio.create_task(self._supervise(service),
-                                                   name=f"service:{service.name}"))
-            log.info("service.started", service=service.name, interval=service.interval,
-                     leader_only=service.leader_only)
+            self._tasks.append(
+                asyncio.create_task(self._supervise(service), name=f"service:{service.name}")
+            )
+            log.info(
+                "service.started",
+                service=service.name,
+                interval=service.interval,
+                leader_only=service.leader_only,
+            )
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -133,8 +143,11 @@ class ServiceRunner:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for service in self.services:
-            log.info("service.stopped", service=service.name,
-                     cancelled=any(t.get_name() == f"service:{service.name}" for t in pending))
+            log.info(
+                "service.stopped",
+                service=service.name,
+                cancelled=any(t.get_name() == f"service:{service.name}" for t in pending),
+            )
         self._tasks.clear()
 
     async def _supervise(self, service: BackgroundService) -> None:
@@ -149,11 +162,16 @@ class ServiceRunner:
                         log.info("service.leadership_acquired", service=service.name)
                         await self._iterate(service, conn)
             except Exception as exc:
-                log.warning("service.leadership_lost", service=service.name,
-                            error=f"{type(exc).__name__}: {exc}")
+                log.warning(
+                    "service.leadership_lost",
+                    service=service.name,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
             finally:
                 self.leading.discard(service.name)
-            await self._sleep(service, service.interval)
+            # Followers retry often so a lost leader is replaced quickly, whatever the
+            # service's own interval.
+            await self._sleep(service, min(service.interval, LEADER_RETRY_SECONDS))
 
     async def _iterate(self, service: BackgroundService, lease: AsyncConnection | None) -> None:
         while not self._stopping.is_set():
@@ -169,14 +187,19 @@ class ServiceRunner:
                 raise
             except Exception as exc:
                 outcome = "error"
-                log.exception("service.failed", service=service.name,
-                              error=f"{type(exc).__name__}: {exc}")
+                log.exception(
+                    "service.failed", service=service.name, error=f"{type(exc).__name__}: {exc}"
+                )
             elapsed = time.monotonic() - started
             if self.metrics is not None:
                 self.metrics.service_runs.labels(service=service.name, outcome=outcome).inc()
             if elapsed > service.interval:
-                log.warning("service.overrun", service=service.name,
-                            seconds=round(elapsed, 3), interval=service.interval)
+                log.warning(
+                    "service.overrun",
+                    service=service.name,
+                    seconds=round(elapsed, 3),
+                    interval=service.interval,
+                )
                 if self.metrics is not None:
                     self.metrics.service_overruns.labels(service=service.name).inc()
             await self._sleep(service, max(service.interval - elapsed, 0.0))
@@ -185,8 +208,7 @@ class ServiceRunner:
         stop = asyncio.ensure_future(self._stopping.wait())
         wake = asyncio.ensure_future(service._wake.wait())
         try:
-            await asyncio.wait({stop, wake}, timeout=seconds,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({stop, wake}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for fut in (stop, wake):
                 fut.cancel()

@@ -108,8 +108,11 @@ class Database:
         """Checked-out and idle connections of the writer pool, for metrics."""
         pool: Any = self.engine.pool
         if isinstance(pool, AsyncAdaptedQueuePool):
-            return {"in_use": pool.checkedout(), "idle": pool.checkedin(),
-                    "max": self.config.max_conns}
+            return {
+                "in_use": pool.checkedout(),
+                "idle": pool.checkedin(),
+                "max": self.config.max_conns,
+            }
         return {"in_use": 0, "idle": 0, "max": self.config.max_conns}
 
     async def dispose(self) -> None:
@@ -131,7 +134,7 @@ def _sqlite_engine(config: DatabaseConfig, *, writer: bool) -> AsyncEngine:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
         # Take transaction control away from the driver so BEGIN is ours to emit.
-        dbapi_conn.isolation_level = None  # type: ignore[attr-defined]
+        dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
         if writer:
             cursor.execute("PRAGMA journal_mode=WAL")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import DateTime
+from sqlalchemy import DateTime, Text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
@@ -42,3 +42,41 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+
+class _VaultLike(Protocol):
+    def encrypt(self, plaintext: str) -> str: ...
+    def decrypt(self, ciphertext: str) -> str: ...
+
+
+_vault: _VaultLike | None = None
+
+
+def install_vault(vault: _VaultLike | None) -> None:
+    """Set the process's credential vault (from FORGEHALL_ENCRYPTION_KEY)."""
+    global _vault
+    _vault = vault
+
+
+class EncryptedText(TypeDecorator[str]):
+    """Text encrypted at rest with the process's vault (Fernet / MultiFernet).
+
+    Writing a value with no vault configured fails loudly instead of storing plaintext.
+    """
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        if _vault is None:
+            raise RuntimeError("FORGEHALL_ENCRYPTION_KEY is required to store credentials")
+        return _vault.encrypt(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        if _vault is None:
+            raise RuntimeError("FORGEHALL_ENCRYPTION_KEY is required to read credentials")
+        return _vault.decrypt(str(value))

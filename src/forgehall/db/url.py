@@ -83,8 +83,10 @@ def resolve_database(settings: Settings) -> DatabaseConfig:
             f"DATABASE_URL scheme {scheme!r} is not supported; use postgresql:// or sqlite://"
         )
     if not url.host or not url.database:
-        raise DatabaseUrlError("DATABASE_URL must name a host and a database, e.g. "
-                               "postgresql://user:pass@db.example.com:5432/forgehall")
+        raise DatabaseUrlError(
+            "DATABASE_URL must name a host and a database, e.g. "
+            "postgresql://user:pass@db.example.com:5432/forgehall"
+        )
     query = dict(url.query)
     url_max = _pool_param(query.pop("pool_max_conns", None), "pool_max_conns")
     url_min = _pool_param(query.pop("pool_min_conns", None), "pool_min_conns")

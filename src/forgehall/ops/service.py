@@ -24,7 +24,7 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         return "error: timed out"
     text = str(exc).splitlines()[0] if str(exc) else ""
-    return redactor.scrub(f"error: {type(exc).__name__}: {text}"[:200])
+    return str(redactor.scrub(f"error: {type(exc).__name__}: {text}"[:200]))
 
 
 async def check_readiness(db: Database) -> Readiness:

@@ -1,0 +1,42 @@
+# Forgehall developer entry points. Everything installs itself: a fresh machine needs only
+# Python >= 3.11 and make. uv comes from PyPI when it is not on PATH.
+
+SHELL := /bin/bash
+export UV_PYTHON_DOWNLOADS := never
+UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+
+.PHONY: bootstrap up test check lint types contracts docs bench
+
+bootstrap:
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	@$(UV) sync --frozen --quiet
+	@$(UV) run --no-sync python -m compileall -q src >/dev/null
+
+## Run Forgehall for one person on embedded SQLite (prints the URL to open).
+up: bootstrap
+	$(UV) run --no-sync forgehall up
+
+## Run the whole test suite (SQLite and PostgreSQL; see tests/conftest.py).
+test: bootstrap
+	$(UV) run --no-sync pytest
+
+## Lint, format check, mypy --strict and the import-linter layer contracts.
+check: lint types contracts
+
+lint: bootstrap
+	$(UV) run --no-sync ruff check src tests bench
+	$(UV) run --no-sync ruff format --check src tests bench
+
+types: bootstrap
+	$(UV) run --no-sync mypy
+
+contracts: bootstrap
+	$(UV) run --no-sync lint-imports
+
+## Regenerate the generated reference docs.
+docs: bootstrap
+	$(UV) run --no-sync forgehall config docs -o docs/configuration.md
+	$(UV) run --no-sync python -m forgehall.cli.reference > docs/cli.md
+
+bench: bootstrap
+	$(UV) run --no-sync python bench/serve_ready.py

@@ -1,0 +1,1 @@
+"""Accounts, login (email codes, OAuth/OIDC), sessions and access tokens."""

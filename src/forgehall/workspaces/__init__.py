@@ -1,0 +1,1 @@
+"""Workspaces, members, roles, invitations, and the one workspace access check."""
