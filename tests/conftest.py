@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import re
 import shutil
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,11 @@ from forgehall.app import AppOptions, create_app
 from forgehall.db.engine import Database
 from forgehall.db.migrate import upgrade_to_head
 from forgehall.db.url import resolve_database
+from forgehall.identity import service as identity_service
+from forgehall.identity.mail import OutgoingMail
+from forgehall.identity.models import User
 from forgehall.settings import Settings
+from forgehall.workspaces.models import Member, Workspace
 
 ADMIN_URL = os.environ.get(
     "FORGEHALL_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -243,14 +249,97 @@ async def db(settings: Settings) -> AsyncIterator[Database]:
     await database.dispose()
 
 
+class RecordingMailer:
+    """Collects outgoing mail in memory for API tests (SMTP itself is tested against a
+    real aiosmtpd server in tests/identity/test_mail.py and the login end-to-end test)."""
+
+    def __init__(self) -> None:
+        self.sent: list[OutgoingMail] = []
+
+    async def send(self, mail: OutgoingMail) -> None:
+        self.sent.append(mail)
+
+    def last_code(self, to: str) -> str:
+        for mail in reversed(self.sent):
+            if mail.to == to:
+                match = re.search(r"\b(\d{6})\b", mail.text)
+                assert match, mail.text
+                return match.group(1)
+        raise AssertionError(f"no mail to {to}")
+
+    def last_link(self, to: str) -> str:
+        for mail in reversed(self.sent):
+            if mail.to == to:
+                match = re.search(r"/invitations/(fh_inv_\w+)", mail.text)
+                assert match, mail.text
+                return match.group(1)
+        raise AssertionError(f"no mail to {to}")
+
+
 @pytest.fixture
-def app(settings: Settings, db: Database) -> FastAPI:
-    return create_app(settings, db=db, options=AppOptions(run_services=False, metrics=True))
+def mailer() -> RecordingMailer:
+    return RecordingMailer()
+
+
+@pytest.fixture
+def app(settings: Settings, db: Database, mailer: RecordingMailer) -> FastAPI:
+    return create_app(
+        settings, db=db, options=AppOptions(run_services=False, metrics=True), mailer=mailer
+    )
+
+
+ORIGIN = "http://localhost:8000"  # the default public origin of test settings
 
 
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-            yield c
+    async with app.router.lifespan_context(app), new_client(app) as c:
+        yield c
+
+
+def new_client(
+    app: FastAPI, *, origin: str | None = ORIGIN, ip: str = "127.0.0.1"
+) -> httpx.AsyncClient:
+    """A client like a browser on the public origin (sends Origin, keeps cookies)."""
+    headers = {"origin": origin} if origin else {}
+    transport = httpx.ASGITransport(app=app, client=(ip, 40000))
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver", headers=headers)
+
+
+@dataclass
+class Person:
+    user: User
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.token}"}
+
+
+async def make_person(db: Database, email: str, *, admin: bool = False) -> Person:
+    """A user with a personal access token, created through the services."""
+    async with db.session() as session:
+        user = User(email=email, name=email.split("@")[0], is_instance_admin=admin)
+        session.add(user)
+        await session.commit()
+        issued = await identity_service.create_token(session, user, kind="pat", name="test")
+    return Person(user=user, token=issued.plaintext)
+
+
+async def make_workspace(
+    db: Database, owner: Person, slug: str, members: dict[str, Person] | None = None
+) -> Workspace:
+    """A workspace owned by ``owner`` with ``members`` as {role: person}."""
+    async with db.session() as session:
+        workspace = Workspace(
+            slug=slug, name=slug.title(), key_prefix="ENG", created_by=owner.user.id
+        )
+        session.add(workspace)
+        await session.flush()
+        session.add(Member(workspace_id=workspace.id, user_id=owner.user.id, role="OWNER"))
+        for role, person in (members or {}).items():
+            session.add(
+                Member(workspace_id=workspace.id, user_id=person.user.id, role=role.upper())
+            )
+        await session.commit()
+    return workspace

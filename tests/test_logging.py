@@ -54,3 +54,16 @@ def test_level_filters(log_stream: io.StringIO) -> None:
     structlog.get_logger("t").info("quiet")
     structlog.get_logger("t").warning("loud")
     assert [json.loads(x)["event"] for x in log_stream.getvalue().splitlines()] == ["loud"]
+
+
+def test_tracebacks_are_plain_and_scrubbed_in_console_mode(log_stream: io.StringIO) -> None:
+    configure_logging(level="info", fmt="console", secrets=["tb-secret-value"], stream=log_stream)
+    token = "tb-secret-value"  # a local that a "pretty" traceback would print
+    try:
+        raise RuntimeError(f"failed with {token}")
+    except RuntimeError:
+        structlog.get_logger("t").exception("thing.failed")
+    output = log_stream.getvalue()
+    assert "Traceback (most recent call last)" in output
+    assert "tb-secret-value" not in output
+    assert REDACTED in output

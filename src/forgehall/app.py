@@ -8,29 +8,52 @@ the server has drained in-flight requests — stops them and closes the database
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import structlog
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute
 
 from forgehall import __version__
+from forgehall.core.cors import OriginCORSMiddleware
 from forgehall.core.errors import install_error_handlers
 from forgehall.core.metrics import Metrics
 from forgehall.core.middleware import RequestContextMiddleware
+from forgehall.core.security import Vault
 from forgehall.core.services import BackgroundService, ServiceRunner, select_services
 from forgehall.db.engine import Database
+from forgehall.db.types import install_vault
 from forgehall.db.url import resolve_database
+from forgehall.identity.mail import Mailer, create_mailer
+from forgehall.identity.routes import auth_router, config_router
+from forgehall.identity.routes import router as identity_router
 from forgehall.ops.routes import router as ops_router
 from forgehall.ops.service import JobHistoryRetention
 from forgehall.settings import Problem, Settings, check_settings
+from forgehall.workspaces.routes import router as workspaces_router
 
 log = structlog.get_logger("forgehall.app")
 
 #: Every background service a replica can run (names are documented in docs/operations.md).
 BACKGROUND_SERVICES: tuple[type[BackgroundService], ...] = (JobHistoryRetention,)
 API_PREFIX = "/api/v1"
+
+
+def iter_api_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
+    """Every API route of an app, however FastAPI nests included routers.
+
+    FastAPI 0.12x flattened ``include_router``; newer releases keep an included-router
+    node. Routers are included without a prefix here, so paths are already complete.
+    """
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        nested = getattr(route, "original_router", None) or getattr(route, "router", None)
+        if nested is not None and hasattr(nested, "routes"):
+            yield from iter_api_routes(nested.routes)
 
 
 def check_configuration(settings: Settings) -> list[Problem]:
@@ -67,8 +90,14 @@ def create_app(
     db: Database | None = None,
     options: AppOptions | None = None,
     services: Sequence[BackgroundService] | None = None,
+    mailer: Mailer | None = None,
 ) -> FastAPI:
+    if settings.jwt_secret is None:
+        raise ValueError("create_app needs a JWT secret (the server supplies one in development)")
     options = options or AppOptions()
+    install_vault(
+        Vault(settings.encryption_key.get_secret_value()) if settings.encryption_key else None
+    )
     database = db or Database(resolve_database(settings))
     with_metrics = options.metrics if options.metrics is not None else bool(settings.metrics_addr)
     metrics = Metrics(read_pool=database.pool_status) if with_metrics else None
@@ -119,8 +148,11 @@ def create_app(
     app.state.db = database
     app.state.metrics = metrics
     app.state.services = runner
+    app.state.mailer = mailer or create_mailer(settings)
     install_error_handlers(app)
-    app.include_router(ops_router)
+    for router in (ops_router, config_router, auth_router, identity_router, workspaces_router):
+        app.include_router(router)
+    app.add_middleware(OriginCORSMiddleware, allowed_origins=settings.allowed_origins)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.max_body_bytes,

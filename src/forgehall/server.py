@@ -34,6 +34,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 import structlog
 import uvicorn
 from prometheus_client import make_wsgi_app
+from pydantic import SecretStr
 
 from forgehall import __version__
 from forgehall.app import AppOptions, check_configuration, create_app
@@ -68,7 +69,26 @@ def ensure_jwt_secret(settings: Settings) -> Settings:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_hex(32))
-    return settings.model_copy(update={"jwt_secret": path.read_text().strip()})
+    return settings.model_copy(update={"jwt_secret": SecretStr(path.read_text().strip())})
+
+
+def ensure_encryption_key(settings: Settings) -> Settings:
+    """In development, supply a persistent random encryption key when none is configured.
+
+    Kept in ``<data_dir>/encryption_key`` (mode 0600). Production must configure one when
+    it stores credentials (the settings check says so).
+    """
+    if settings.encryption_key is not None or settings.is_production:
+        return settings
+    path = settings.data_dir / "encryption_key"
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists():
+        from cryptography.fernet import Fernet
+
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(Fernet.generate_key().decode())
+    return settings.model_copy(update={"encryption_key": SecretStr(path.read_text().strip())})
 
 
 def bind_socket(host: str, port: int, what: str, variable: str) -> socket.socket:
@@ -147,7 +167,7 @@ async def _run(loaded: LoadedSettings, mode: Literal["serve", "up"]) -> int:
             "Run `forgehall config check` for the full report.",
             exit_code=2,
         )
-    settings = ensure_jwt_secret(settings)
+    settings = ensure_encryption_key(ensure_jwt_secret(settings))
     configure_logging(
         level=settings.log_level,
         fmt=settings.effective_log_format,

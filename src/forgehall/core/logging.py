@@ -79,10 +79,14 @@ def configure_logging(
     renderer: Processor
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
-        exc_processor: list[Processor] = [structlog.processors.format_exc_info]
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
-        exc_processor = []
+        # Plain tracebacks only: a "pretty" one would print local variables (settings,
+        # tokens) after redaction has run.
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
+        )
+    # Tracebacks become text before the redactor runs, so secrets in them are scrubbed too.
+    exc_processor: list[Processor] = [structlog.processors.format_exc_info]
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 
 def advisory_lock_key(name: str) -> int:
@@ -50,3 +50,16 @@ async def advisory_unlock(conn: AsyncConnection, name: str) -> None:
         return
     await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": advisory_lock_key(name)})
     await conn.commit()
+
+
+async def transaction_lock(session: AsyncSession, name: str) -> None:
+    """Serialise a critical section with other replicas until the transaction ends.
+
+    PostgreSQL: ``pg_advisory_xact_lock``. SQLite: the single writer already serialises
+    write transactions (they begin IMMEDIATE), so nothing to do.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        return
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(:key)"), {"key": advisory_lock_key(name)}
+    )

@@ -1,0 +1,245 @@
+"""HTTP routes of the identity domain: login, sessions, tokens, instance admin."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi import APIRouter, Request, Response
+from sqlalchemy import select
+
+from forgehall.core.deps import SessionDep, SettingsDep
+from forgehall.core.errors import ProblemError
+from forgehall.identity import service
+from forgehall.identity.auth import (
+    SESSION_COOKIE,
+    CurrentUser,
+    InstanceAdmin,
+    MailerDep,
+    OptionalPrincipal,
+    UserPrincipal,
+    client_ip,
+)
+from forgehall.identity.models import User
+from forgehall.identity.schemas import (
+    Accepted,
+    AdminUserPatch,
+    BootstrapIn,
+    IssuedTokenOut,
+    LoginOut,
+    PublicConfig,
+    RevokedCount,
+    SendCodeIn,
+    SessionOut,
+    TokenIn,
+    TokenOut,
+    UserOut,
+    VerifyCodeIn,
+)
+from forgehall.settings import Settings
+
+auth_router = APIRouter(prefix="/auth", tags=["login"])
+router = APIRouter(prefix="/api/v1", tags=["account"])
+config_router = APIRouter(tags=["login"])
+
+
+def login_methods(settings: Settings) -> list[str]:
+    methods = ["email"]
+    for name in ("github", "gitlab", "google", "oidc"):
+        if getattr(settings, f"{name}_client_id"):
+            methods.append(name)
+    return methods
+
+
+@config_router.get(
+    "/api/config", response_model=PublicConfig, summary="Login methods and signup rules, for the UI"
+)
+async def read_public_config(settings: SettingsDep, session: SessionDep) -> PublicConfig:
+    return PublicConfig(
+        login_methods=login_methods(settings),
+        oidc_display_name=settings.oidc_display_name if settings.oidc_client_id else None,
+        allow_signup=settings.allow_signup,
+        disable_workspace_creation=settings.disable_workspace_creation,
+        first_run=await service.count_instance_admins(session) == 0,
+    )
+
+
+@auth_router.post(
+    "/send-code",
+    response_model=Accepted,
+    status_code=202,
+    summary="Email a one-time login code",
+    responses={
+        422: {"description": "Not an email address"},
+        429: {"description": "Asked again too soon"},
+    },
+)
+async def send_code(
+    body: SendCodeIn,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    mailer: MailerDep,
+) -> Accepted:
+    await service.send_login_code(session, settings, mailer, body.email, client_ip(request))
+    return Accepted()
+
+
+def set_session_cookie(response: Response, settings: Settings, token: str) -> None:
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=settings.session_ttl_hours * 3600,
+        httponly=True,
+        samesite="lax",
+        secure=settings.cookie_secure,
+        domain=settings.cookie_domain,
+        path="/",
+    )
+
+
+@auth_router.post(
+    "/verify-code",
+    response_model=LoginOut,
+    summary="Exchange a login code for a session cookie",
+    responses={
+        400: {"description": "Wrong, reused or expired code"},
+        403: {"description": "Signup closed or account disabled"},
+        429: {"description": "Too many attempts"},
+    },
+)
+async def verify_code(
+    body: VerifyCodeIn,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> LoginOut:
+    user = await service.verify_login_code(
+        session, settings, body.email, body.code, client_ip(request)
+    )
+    issued = await service.create_session(
+        session,
+        settings,
+        user,
+        user_agent=request.headers.get("user-agent", ""),
+        ip=client_ip(request),
+        method="email",
+    )
+    set_session_cookie(response, settings, issued.jwt)
+    return LoginOut(
+        user=UserOut.model_validate(user),
+        session_id=issued.row.id,
+        expires_at=issued.row.expires_at,
+    )
+
+
+@auth_router.post("/logout", status_code=204, summary="End this browser session")
+async def logout(
+    principal: OptionalPrincipal, response: Response, session: SessionDep, settings: SettingsDep
+) -> Response:
+    if principal is not None and principal.session_id is not None:
+        await service.revoke_session(session, principal.user, principal.session_id)
+    response = Response(status_code=204)
+    response.delete_cookie(SESSION_COOKIE, path="/", domain=settings.cookie_domain)
+    return response
+
+
+@router.get("/me", response_model=UserOut, summary="The signed-in account")
+async def read_me(user: CurrentUser) -> User:
+    return user
+
+
+@router.get("/me/sessions", response_model=list[SessionOut], summary="Active sessions")
+async def read_sessions(principal: UserPrincipal, session: SessionDep) -> list[SessionOut]:
+    rows = await service.list_sessions(session, principal.user)
+    return [
+        SessionOut.model_validate(r).model_copy(update={"current": r.id == principal.session_id})
+        for r in rows
+    ]
+
+
+@router.delete("/me/sessions", response_model=RevokedCount, summary="Sign out everywhere")
+async def revoke_sessions(user: CurrentUser, session: SessionDep) -> RevokedCount:
+    return RevokedCount(revoked=await service.revoke_all_sessions(session, user))
+
+
+@router.delete("/me/sessions/{session_id}", status_code=204, summary="End one session")
+async def revoke_one_session(session_id: str, user: CurrentUser, session: SessionDep) -> Response:
+    await service.revoke_session(session, user, session_id)
+    return Response(status_code=204)
+
+
+@router.get("/me/tokens", response_model=list[TokenOut], summary="Personal access tokens")
+async def read_tokens(user: CurrentUser, session: SessionDep) -> list[TokenOut]:
+    return [TokenOut.model_validate(t) for t in await service.list_tokens(session, user, "pat")]
+
+
+@router.post(
+    "/me/tokens",
+    response_model=IssuedTokenOut,
+    status_code=201,
+    summary="Create a personal access token (shown once)",
+)
+async def create_token(body: TokenIn, user: CurrentUser, session: SessionDep) -> IssuedTokenOut:
+    issued = await service.create_token(
+        session,
+        user,
+        kind="pat",
+        name=body.name,
+        expires_in=timedelta(days=body.expires_in_days) if body.expires_in_days else None,
+    )
+    return IssuedTokenOut.model_validate(
+        {**TokenOut.model_validate(issued.row).model_dump(), "token": issued.plaintext}
+    )
+
+
+@router.delete("/me/tokens/{token_id}", status_code=204, summary="Revoke a token")
+async def revoke_token(token_id: str, user: CurrentUser, session: SessionDep) -> Response:
+    await service.revoke_token(session, user, token_id)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/admin/bootstrap",
+    response_model=UserOut,
+    summary="Break-glass: become instance admin while none exists",
+    responses={
+        404: {"description": "FORGEHALL_BOOTSTRAP_TOKEN is not set"},
+        409: {"description": "An instance admin already exists"},
+    },
+)
+async def bootstrap_admin(
+    body: BootstrapIn, user: CurrentUser, session: SessionDep, settings: SettingsDep
+) -> User:
+    await service.bootstrap_with_token(session, settings, user, body.token)
+    return user
+
+
+@router.get("/admin/users", response_model=list[UserOut], summary="All accounts (admin)")
+async def read_users(_: InstanceAdmin, session: SessionDep) -> list[User]:
+    return list((await session.execute(select(User).order_by(User.email))).scalars())
+
+
+@router.patch(
+    "/admin/users/{user_id}",
+    response_model=UserOut,
+    summary="Promote, demote, disable or enable an account (admin)",
+)
+async def update_user(
+    user_id: str, body: AdminUserPatch, admin: InstanceAdmin, session: SessionDep
+) -> User:
+    target = await service.read_user(session, user_id)
+    if target is None:
+        raise ProblemError(404, f"user {user_id} was not found")
+    if target.id == admin.id and (body.is_instance_admin is False or body.is_disabled):
+        raise ProblemError(
+            409, "you cannot demote or disable yourself; ask another admin", type_="self-demotion"
+        )
+    if body.is_instance_admin is not None:
+        target.is_instance_admin = body.is_instance_admin
+    if body.is_disabled is not None:
+        target.is_disabled = body.is_disabled
+        if body.is_disabled:
+            await service.revoke_all_sessions(session, target)
+    await session.commit()
+    return target

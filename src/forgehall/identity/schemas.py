@@ -1,0 +1,99 @@
+"""Request and response bodies of the identity API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SendCodeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    email: str = Field(max_length=320, examples=["alice@example.com"])
+
+
+class VerifyCodeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    email: str = Field(max_length=320, examples=["alice@example.com"])
+    code: str = Field(min_length=1, max_length=12, examples=["123456"])
+
+
+class Accepted(BaseModel):
+    status: Literal["sent"] = "sent"
+    detail: str = "if the address may sign in, a code is on its way"
+
+
+class UserOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    email: str
+    name: str
+    is_instance_admin: bool
+    created_at: datetime
+
+
+class LoginOut(BaseModel):
+    user: UserOut
+    session_id: str
+    expires_at: datetime
+
+
+class SessionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    created_at: datetime
+    last_seen_at: datetime
+    expires_at: datetime
+    user_agent: str
+    ip: str
+    method: str
+    current: bool = False
+
+
+class TokenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200, examples=["laptop CLI"])
+    expires_in_days: int | None = Field(None, ge=1, le=3650)
+
+
+class TokenOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    kind: str
+    name: str
+    prefix: str
+    workspace_id: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class IssuedTokenOut(TokenOut):
+    token: str = Field(description="The token itself. Shown once; store it now.")
+
+
+class RevokedCount(BaseModel):
+    revoked: int
+
+
+class BootstrapIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    token: str = Field(min_length=1, max_length=500)
+
+
+class PublicConfig(BaseModel):
+    """What the UI needs to know before anyone signs in."""
+
+    login_methods: list[str] = Field(examples=[["email", "github", "oidc"]])
+    oidc_display_name: str | None
+    allow_signup: bool
+    disable_workspace_creation: bool
+    first_run: bool = Field(description="No instance admin exists yet.")
+
+
+class AdminUserPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    is_instance_admin: bool | None = None
+    is_disabled: bool | None = None

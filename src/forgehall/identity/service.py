@@ -1,0 +1,475 @@
+"""Identity rules: email-code login, signup controls, sessions, tokens, instance admins.
+
+Invariants:
+- A login code is six random digits, stored as an HMAC, valid 10 minutes, good for one
+  successful use and at most 5 attempts; a new code replaces the previous one.
+- ``send_login_code`` answers the same way whether or not the account exists, and
+  whether or not signup would admit the address (nothing is sent when it would not).
+- Sessions are rows; a JWT names its row, so revocation takes effect at once.
+- Bearer tokens are found by the SHA-256 of the presented value; a token of the wrong
+  kind for the route is refused, an expired or revoked one is refused.
+- Instance-admin promotion from ``FORGEHALL_BOOTSTRAP_ADMINS`` happens on login, is
+  idempotent and never demotes; the break-glass token promotes only while no admin
+  exists, atomically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+import structlog
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from forgehall.core.errors import ProblemError
+from forgehall.core.security import (
+    InvalidSessionToken,
+    decode_session_jwt,
+    encode_session_jwt,
+    equal,
+    generate_login_code,
+    generate_token,
+    hash_login_code,
+    hash_token,
+    token_display_prefix,
+    token_kind,
+)
+from forgehall.db.dialect import transaction_lock
+from forgehall.db.ratelimit import hit
+from forgehall.identity.mail import Mailer, OutgoingMail
+from forgehall.identity.models import ApiToken, ExternalIdentity, LoginCode, User, UserSession
+from forgehall.settings import Settings
+
+log = structlog.get_logger("forgehall.identity")
+
+CODE_TTL = timedelta(minutes=10)
+CODE_MAX_ATTEMPTS = 5
+CODE_RESEND_INTERVAL = timedelta(seconds=60)
+SEND_CODE_PER_IP_PER_HOUR = 30
+VERIFY_PER_IP_PER_HOUR = 60
+TOKEN_KINDS = {"pat": "personal", "dmn": "daemon", "tsk": "task"}
+TokenKindName = Literal["pat", "dmn", "tsk"]
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def normalize_email(raw: str) -> str:
+    """Lower-case and validate an address; 422 with a clear reason when invalid."""
+    try:
+        result = validate_email(raw.strip(), check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ProblemError(
+            422, f"{raw!r} is not a valid email address: {exc}", type_="invalid-email"
+        ) from None
+    return result.normalized.lower()
+
+
+def signup_allowed(settings: Settings, email: str) -> bool:
+    """Whether a new account may be created for ``email`` (existing ones always log in)."""
+    if email in {e.lower() for e in settings.allowed_emails}:
+        return True
+    if not settings.allow_signup:
+        return False
+    domains = {d.lower().lstrip("@") for d in settings.allowed_email_domains}
+    return not domains or email.rsplit("@", 1)[1] in domains
+
+
+async def read_user_by_email(session: AsyncSession, email: str) -> User | None:
+    return await session.scalar(select(User).where(User.email == email))
+
+
+async def read_user(session: AsyncSession, user_id: str) -> User | None:
+    return await session.get(User, user_id)
+
+
+async def enforce_rate_limit(
+    session: AsyncSession, key: str, limit: int, window: timedelta, what: str
+) -> None:
+    """Count an event; 429 with Retry-After once ``limit`` is exceeded in the window."""
+    count, resets = await hit(session, key, window)
+    if count > limit:
+        retry = max(int((resets - now()).total_seconds()), 1)
+        raise ProblemError(
+            429,
+            f"too many {what}; try again in {retry} seconds",
+            headers={"Retry-After": str(retry)},
+        )
+
+
+# --- email codes ------------------------------------------------------------------------
+
+
+async def send_login_code(
+    session: AsyncSession, settings: Settings, mailer: Mailer, raw_email: str, ip: str
+) -> None:
+    email = normalize_email(raw_email)
+    await enforce_rate_limit(
+        session,
+        f"send-code:ip:{ip}",
+        SEND_CODE_PER_IP_PER_HOUR,
+        timedelta(hours=1),
+        "login code requests from this address",
+    )
+    latest = await session.scalar(
+        select(LoginCode)
+        .where(LoginCode.email == email)
+        .order_by(LoginCode.created_at.desc())
+        .limit(1)
+    )
+    if latest is not None and now() - latest.created_at < CODE_RESEND_INTERVAL:
+        wait = int((CODE_RESEND_INTERVAL - (now() - latest.created_at)).total_seconds()) + 1
+        raise ProblemError(
+            429,
+            f"a code was sent to this address moments ago; ask again in {wait} seconds",
+            headers={"Retry-After": str(wait)},
+        )
+    user = await read_user_by_email(session, email)
+    if user is None and not signup_allowed(settings, email):
+        # Same answer as for a real send: do not reveal which addresses may sign up.
+        log.info("login.code_withheld", reason="signup_not_allowed")
+        return
+    if user is not None and user.is_disabled:
+        log.info("login.code_withheld", reason="account_disabled")
+        return
+    code = generate_login_code()
+    secret = _code_key(settings)
+    await session.execute(
+        update(LoginCode)
+        .where(LoginCode.email == email, LoginCode.consumed_at.is_(None))
+        .values(consumed_at=now())
+    )
+    session.add(
+        LoginCode(
+            email=email, code_hash=hash_login_code(code, email, secret), expires_at=now() + CODE_TTL
+        )
+    )
+    await session.commit()
+    await mailer.send(
+        OutgoingMail(
+            to=email,
+            subject=f"Your Forgehall login code: {code}",
+            text=(
+                f"Your Forgehall login code is {code}\n\nIt is valid for 10 minutes. If you did "
+                "not ask for it, ignore this message.\n"
+            ),
+        )
+    )
+    log.info("login.code_sent")
+
+
+def _code_key(settings: Settings) -> str:
+    assert settings.jwt_secret is not None, "the server resolves a JWT secret at start-up"
+    return settings.jwt_secret.get_secret_value()
+
+
+_INVALID_CODE = "the code is wrong or has expired; request a new one"
+
+
+async def verify_login_code(
+    session: AsyncSession, settings: Settings, raw_email: str, code: str, ip: str
+) -> User:
+    """Check a code and return the (possibly new) user; 400 on any mismatch."""
+    email = normalize_email(raw_email)
+    await enforce_rate_limit(
+        session,
+        f"verify-code:ip:{ip}",
+        VERIFY_PER_IP_PER_HOUR,
+        timedelta(hours=1),
+        "code attempts from this address",
+    )
+    code = code.strip()
+    dev = settings.dev_login_code
+    if dev and not settings.is_production and equal(code, dev):
+        return await _login_user(session, settings, email, method="dev-code")
+    row = await session.scalar(
+        select(LoginCode)
+        .where(LoginCode.email == email, LoginCode.consumed_at.is_(None))
+        .order_by(LoginCode.created_at.desc())
+        .limit(1)
+    )
+    if row is None or row.expires_at <= now() or row.attempts >= CODE_MAX_ATTEMPTS:
+        raise ProblemError(400, _INVALID_CODE, type_="invalid-code")
+    expected = hash_login_code(code, email, _code_key(settings))
+    if not equal(expected, row.code_hash):
+        row.attempts += 1
+        if row.attempts >= CODE_MAX_ATTEMPTS:
+            row.consumed_at = now()
+        await session.commit()
+        raise ProblemError(400, _INVALID_CODE, type_="invalid-code")
+    # Consume with a guarded update so two concurrent verifications cannot both succeed.
+    consumed = await session.execute(
+        update(LoginCode)
+        .where(LoginCode.id == row.id, LoginCode.consumed_at.is_(None))
+        .values(consumed_at=now())
+    )
+    if consumed.rowcount != 1:  # type: ignore[attr-defined]
+        await session.rollback()
+        raise ProblemError(400, _INVALID_CODE, type_="invalid-code")
+    return await _login_user(session, settings, email, method="email")
+
+
+async def _login_user(session: AsyncSession, settings: Settings, email: str, method: str) -> User:
+    user = await read_user_by_email(session, email)
+    if user is None:
+        if not signup_allowed(settings, email):
+            await session.commit()
+            raise ProblemError(
+                403,
+                "signup is closed on this instance; ask an administrator for an invitation",
+                type_="signup-closed",
+            )
+        user = User(email=email, name=email.split("@", 1)[0])
+        session.add(user)
+        try:
+            await session.flush()
+        except IntegrityError:
+            await session.rollback()
+            user = await read_user_by_email(session, email)
+            assert user is not None
+    if user.is_disabled:
+        await session.commit()
+        raise ProblemError(
+            403, "this account is disabled; ask an administrator", type_="account-disabled"
+        )
+    await promote_bootstrap_admin(session, settings, user, [f"email:{email}"])
+    user.last_login_at = now()
+    await session.commit()
+    log.info("login.succeeded", user_id=user.id, method=method)
+    return user
+
+
+async def promote_bootstrap_admin(
+    session: AsyncSession, settings: Settings, user: User, identities: list[str]
+) -> None:
+    """Promote ``user`` when one of its identities is listed in FORGEHALL_BOOTSTRAP_ADMINS."""
+    wanted = {entry.strip().lower() for entry in settings.bootstrap_admins}
+    if not user.is_instance_admin and wanted & {i.lower() for i in identities}:
+        user.is_instance_admin = True
+        log.info("admin.bootstrapped", user_id=user.id, via="allowlist")
+
+
+async def bootstrap_with_token(
+    session: AsyncSession, settings: Settings, user: User, token: str
+) -> None:
+    """Break-glass: promote the caller while no instance admin exists (atomic)."""
+    configured = settings.bootstrap_token
+    if configured is None:
+        raise ProblemError(404, "no route matches POST /api/v1/admin/bootstrap")
+    if not equal(token, configured.get_secret_value()):
+        raise ProblemError(403, "the bootstrap token is wrong", type_="bad-bootstrap-token")
+    await transaction_lock(session, "bootstrap-admin")
+    result = await session.execute(
+        update(User)
+        .where(
+            User.id == user.id,
+            ~select(User.id).where(User.is_instance_admin.is_(True)).exists(),
+        )
+        .values(is_instance_admin=True)
+    )
+    await session.commit()
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise ProblemError(
+            409,
+            "an instance admin already exists; the bootstrap token only "
+            "works on an instance without one",
+            type_="admin-exists",
+        )
+    log.info("admin.bootstrapped", user_id=user.id, via="token")
+
+
+async def count_instance_admins(session: AsyncSession) -> int:
+    return int(
+        await session.scalar(
+            select(func.count()).select_from(User).where(User.is_instance_admin.is_(True))
+        )
+        or 0
+    )
+
+
+# --- sessions ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IssuedSession:
+    row: UserSession
+    jwt: str
+
+
+async def create_session(
+    session: AsyncSession,
+    settings: Settings,
+    user: User,
+    *,
+    user_agent: str,
+    ip: str,
+    method: str,
+) -> IssuedSession:
+    ttl = timedelta(hours=settings.session_ttl_hours)
+    row = UserSession(
+        user_id=user.id,
+        expires_at=now() + ttl,
+        user_agent=user_agent[:300],
+        ip=ip[:64],
+        method=method,
+    )
+    session.add(row)
+    await session.commit()
+    token = encode_session_jwt(_code_key(settings), user_id=user.id, session_id=row.id, ttl=ttl)
+    return IssuedSession(row=row, jwt=token)
+
+
+async def authenticate_session(
+    session: AsyncSession, settings: Settings, token: str
+) -> tuple[User, UserSession] | None:
+    """The user and session a cookie JWT names, or None when it is not valid now."""
+    try:
+        claims = decode_session_jwt(_code_key(settings), token)
+    except InvalidSessionToken:
+        return None
+    row = await session.get(UserSession, claims.session_id)
+    if (
+        row is None
+        or row.user_id != claims.user_id
+        or row.revoked_at is not None
+        or row.expires_at <= now()
+    ):
+        return None
+    user = await session.get(User, row.user_id)
+    if user is None or user.is_disabled:
+        return None
+    if now() - row.last_seen_at > timedelta(minutes=5):
+        row.last_seen_at = now()
+        await session.commit()
+    return user, row
+
+
+async def list_sessions(session: AsyncSession, user: User) -> list[UserSession]:
+    result = await session.execute(
+        select(UserSession)
+        .where(
+            UserSession.user_id == user.id,
+            UserSession.revoked_at.is_(None),
+            UserSession.expires_at > now(),
+        )
+        .order_by(UserSession.created_at.desc())
+    )
+    return list(result.scalars())
+
+
+async def revoke_session(session: AsyncSession, user: User, session_id: str) -> None:
+    result = await session.execute(
+        update(UserSession)
+        .where(
+            UserSession.id == session_id,
+            UserSession.user_id == user.id,
+            UserSession.revoked_at.is_(None),
+        )
+        .values(revoked_at=now())
+    )
+    await session.commit()
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise ProblemError(404, "session was not found")
+
+
+async def revoke_all_sessions(session: AsyncSession, user: User) -> int:
+    result = await session.execute(
+        update(UserSession)
+        .where(UserSession.user_id == user.id, UserSession.revoked_at.is_(None))
+        .values(revoked_at=now())
+    )
+    await session.commit()
+    log.info("sessions.revoked_all", user_id=user.id)
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+# --- tokens -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    row: ApiToken
+    plaintext: str
+
+
+async def create_token(
+    session: AsyncSession,
+    user: User,
+    *,
+    kind: TokenKindName,
+    name: str,
+    expires_in: timedelta | None = None,
+    workspace_id: str | None = None,
+    task_id: str | None = None,
+) -> IssuedToken:
+    plaintext = generate_token(kind)
+    row = ApiToken(
+        kind=kind,
+        name=name,
+        token_hash=hash_token(plaintext),
+        prefix=token_display_prefix(plaintext),
+        user_id=user.id,
+        workspace_id=workspace_id,
+        task_id=task_id,
+        expires_at=now() + expires_in if expires_in else None,
+    )
+    session.add(row)
+    await session.commit()
+    log.info("token.created", token_id=row.id, kind=kind, user_id=user.id)
+    return IssuedToken(row=row, plaintext=plaintext)
+
+
+async def list_tokens(session: AsyncSession, user: User, kind: TokenKindName) -> list[ApiToken]:
+    result = await session.execute(
+        select(ApiToken)
+        .where(ApiToken.user_id == user.id, ApiToken.kind == kind)
+        .order_by(ApiToken.created_at.desc())
+    )
+    return list(result.scalars())
+
+
+async def revoke_token(session: AsyncSession, user: User, token_id: str) -> None:
+    result = await session.execute(
+        update(ApiToken)
+        .where(ApiToken.id == token_id, ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+        .values(revoked_at=now())
+    )
+    await session.commit()
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise ProblemError(404, "token was not found (or is already revoked)")
+    log.info("token.revoked", token_id=token_id)
+
+
+async def authenticate_token(session: AsyncSession, plaintext: str) -> tuple[User, ApiToken]:
+    """The user and token a bearer value names; 401 with the reason otherwise."""
+    kind = token_kind(plaintext)
+    if kind not in TOKEN_KINDS:
+        raise ProblemError(
+            401, "the bearer token is not a Forgehall access token", type_="invalid-token"
+        )
+    row = await session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(plaintext)))
+    if row is None or not equal(row.token_hash, hash_token(plaintext)) or row.kind != kind:
+        raise ProblemError(401, "the bearer token is not valid", type_="invalid-token")
+    if row.revoked_at is not None:
+        raise ProblemError(401, "the bearer token was revoked", type_="invalid-token")
+    if row.expires_at is not None and row.expires_at <= now():
+        raise ProblemError(401, "the bearer token has expired", type_="invalid-token")
+    user = await session.get(User, row.user_id)
+    if user is None or user.is_disabled:
+        raise ProblemError(401, "the account of this token is disabled", type_="invalid-token")
+    if row.last_used_at is None or now() - row.last_used_at > timedelta(minutes=1):
+        row.last_used_at = now()
+        await session.commit()
+    return user, row
+
+
+async def link_identity(
+    session: AsyncSession, user: User, provider: str, subject: str, email: str
+) -> None:
+    session.add(ExternalIdentity(user_id=user.id, provider=provider, subject=subject, email=email))
+    await session.flush()

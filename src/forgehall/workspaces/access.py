@@ -1,0 +1,112 @@
+"""The one workspace access check, used by every route that touches workspace data.
+
+``{workspace}`` in a path (slug or id) is resolved only among the workspaces the caller
+belongs to, so a workspace the caller cannot see answers 404 exactly like one that does
+not exist: ids and slugs never leak. A daemon or task token reaches only the workspace it
+is bound to. Being an instance admin grants nothing here: an instance admin who is a
+member acts at least as ADMIN in that workspace, never as OWNER; one who is not a member
+gets 404 like anyone else.
+
+Routes declare the least role they need with one of ``MemberAccess``, ``AdminAccess``,
+``OwnerAccess``; a member with a smaller role gets 403. The route-table test checks that
+every route with ``{workspace}`` in its path depends on :func:`resolve_access`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Annotated
+
+from fastapi import Depends
+from sqlalchemy import or_, select
+
+from forgehall.core.deps import SessionDep
+from forgehall.core.errors import ProblemError
+from forgehall.identity.auth import CurrentPrincipal, Principal
+from forgehall.workspaces.models import Member, Workspace
+
+
+class Role(IntEnum):
+    MEMBER = 1
+    ADMIN = 2
+    OWNER = 3
+
+    @classmethod
+    def parse(cls, value: str) -> Role:
+        try:
+            return cls[value.upper()]
+        except KeyError:
+            raise ProblemError(
+                422, f"unknown role {value!r}; use OWNER, ADMIN or MEMBER", type_="invalid-role"
+            ) from None
+
+
+@dataclass(frozen=True)
+class Access:
+    workspace: Workspace
+    principal: Principal
+    role: Role  # the effective role (instance admins act at least as ADMIN)
+    member_role: Role | None  # the stored membership role (None for daemon/task tokens)
+
+    def require(self, role: Role) -> None:
+        if self.role < role:
+            raise ProblemError(
+                403,
+                f"this needs the {role.name} role in workspace "
+                f"{self.workspace.slug}; you are {self.role.name}",
+                type_="forbidden",
+            )
+
+
+async def resolve_access(
+    workspace: str, principal: CurrentPrincipal, session: SessionDep
+) -> Access:
+    """Find ``workspace`` among those the caller may see; 404 otherwise."""
+    query = select(Workspace).where(or_(Workspace.slug == workspace, Workspace.id == workspace))
+    found = await session.scalar(query)
+    if found is None:
+        raise ProblemError(404, f"workspace {workspace} was not found")
+    if principal.kind in ("dmn", "tsk"):
+        if principal.workspace_id != found.id:
+            raise ProblemError(404, f"workspace {workspace} was not found")
+        return Access(workspace=found, principal=principal, role=Role.MEMBER, member_role=None)
+    member = await session.get(Member, (found.id, principal.user.id))
+    if member is None:
+        raise ProblemError(404, f"workspace {workspace} was not found")
+    role = Role[member.role]
+    effective = (
+        max(role, Role.ADMIN) if principal.user.is_instance_admin and role < Role.OWNER else role
+    )
+    return Access(workspace=found, principal=principal, role=effective, member_role=role)
+
+
+def _requiring(role: Role):  # type: ignore[no-untyped-def]
+    async def dependency(access: Annotated[Access, Depends(resolve_access)]) -> Access:
+        access.require(role)
+        return access
+
+    dependency.__name__ = f"require_{role.name.lower()}"
+    dependency.minimum_role = role  # type: ignore[attr-defined]
+    return dependency
+
+
+require_member = _requiring(Role.MEMBER)
+require_admin = _requiring(Role.ADMIN)
+require_owner = _requiring(Role.OWNER)
+
+MemberAccess = Annotated[Access, Depends(require_member)]
+AdminAccess = Annotated[Access, Depends(require_admin)]
+OwnerAccess = Annotated[Access, Depends(require_owner)]
+
+
+async def require_user_member(access: MemberAccess) -> Access:
+    """A person who is a member (not a daemon or task token)."""
+    if access.principal.kind not in ("session", "pat"):
+        raise ProblemError(
+            403, "a daemon or task token cannot be used here", type_="wrong-token-kind"
+        )
+    return access
+
+
+UserMemberAccess = Annotated[Access, Depends(require_user_member)]

@@ -1,0 +1,73 @@
+"""Request and response bodies of the workspaces API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class WorkspaceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    slug: str = Field(min_length=1, max_length=60, examples=["platform"])
+    name: str = Field(min_length=1, max_length=200, examples=["Platform team"])
+    key_prefix: str = Field(min_length=1, max_length=10, examples=["ENG"])
+
+
+class WorkspacePatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, min_length=1, max_length=200)
+    key_prefix: str | None = Field(None, min_length=1, max_length=10)
+
+
+class WorkspaceOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    slug: str
+    name: str
+    key_prefix: str
+    created_at: datetime
+    role: str | None = None
+
+
+class MemberOut(BaseModel):
+    user_id: str
+    email: str
+    name: str
+    role: str
+    joined_at: datetime
+
+
+class RoleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: str = Field(examples=["ADMIN"])
+
+
+class InvitationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    email: str = Field(max_length=320, examples=["bob@example.com"])
+    role: str = Field("MEMBER", examples=["MEMBER"])
+
+
+class InvitationOut(BaseModel):
+    id: str
+    workspace_id: str
+    email: str
+    role: str
+    state: str
+    sends: int
+    created_at: datetime
+    expires_at: datetime
+
+
+class InvitationPreview(BaseModel):
+    workspace: WorkspaceOut
+    role: str
+    state: str
+    expires_at: datetime
+
+
+class DaemonTokenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200, examples=["build-box-1"])
+    expires_in_days: int | None = Field(None, ge=1, le=3650)
