@@ -45,11 +45,33 @@ def test_serve_on_sqlite_becomes_ready_and_stops_cleanly_on_sigterm(tmp_path: Pa
     assert (tmp_path / "data" / "forgehall.db").exists()
 
 
-def test_up_prints_the_url_to_open(tmp_path: Path) -> None:
+def test_up_prints_the_url_to_open_and_a_first_run_link(tmp_path: Path) -> None:
     with ServerProcess(tmp_path, command="up") as server:
         server.wait_ready()
-        assert f"Open http://localhost:{server.port} in your browser" in server.output()
+        output = server.output()
+        assert f"Open http://localhost:{server.port} in your browser" in output
+        link = re.search(r"(http://localhost:\d+/setup/(fh_boot_\w+))", output)
+        assert link, output
+        created = httpx.post(
+            server.url + "/auth/setup", json={"token": link.group(2), "email": "me@example.com"}
+        )
+        assert created.status_code == 200
+        assert created.json()["user"]["is_instance_admin"] is True
         assert server.stop() == 0
+
+
+@pytest.mark.parametrize("command", ["serve", "up"])
+def test_production_refuses_a_fixed_dev_login_code(tmp_path: Path, command: str) -> None:
+    env = base_env(
+        tmp_path,
+        FORGEHALL_ENV="production",
+        FORGEHALL_JWT_SECRET="x" * 40,
+        FORGEHALL_PUBLIC_ORIGIN="https://forge.example.com",
+        FORGEHALL_DEV_LOGIN_CODE="888888",
+    )
+    result = run_cli(command, env=env)
+    assert result.returncode == 2
+    assert_one_clear_error(result.stderr, "FORGEHALL_DEV_LOGIN_CODE")
 
 
 def test_restart_on_an_existing_database_does_not_migrate_again(tmp_path: Path) -> None:

@@ -227,7 +227,8 @@ async def _run(loaded: LoadedSettings, mode: Literal["serve", "up"]) -> int:
         metrics=settings.metrics_addr,
     )
     if mode == "up":
-        _print_banner(url, db_config.display, settings.data_dir)
+        setup_link = await _first_run_link(db, settings)
+        _print_banner(url, db_config.display, settings.data_dir, setup_link)
     asyncio.get_running_loop().create_task(db.warm())
     # uvicorn restores the previous handlers after its graceful shutdown and re-raises
     # the signal; with ours in place that is a no-op and a clean stop exits 0.
@@ -249,11 +250,25 @@ def _display_host(host: str) -> str:
     return "localhost" if host in ("0.0.0.0", "127.0.0.1", "::", "::1") else host  # noqa: S104
 
 
-def _print_banner(url: str, database: str, data_dir: Path) -> None:
+async def _first_run_link(db: Database, settings: Settings) -> str | None:
+    from forgehall.identity.service import create_setup_link
+
+    async with db.session() as session:
+        return await create_setup_link(session, settings)
+
+
+def _print_banner(url: str, database: str, data_dir: Path, setup_link: str | None) -> None:
+    first_run = (
+        f"  First run: create the administrator account with this one-time link\n"
+        f"  (valid 24 hours):\n\n    {setup_link}\n\n"
+        if setup_link
+        else ""
+    )
     print(
         f"\n  Forgehall {__version__} is running.\n\n"
         f"  Open {url} in your browser.\n"
         f"  Database: {database}\n  Data directory: {data_dir}\n\n"
+        f"{first_run}"
         "  Press Ctrl+C to stop.\n",
         file=sys.stderr,
         flush=True,

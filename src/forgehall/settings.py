@@ -321,12 +321,16 @@ class Settings(BaseSettings):
         description="GitHub OAuth app client secret.",
         json_schema_extra=_meta("OAuth / OIDC login", secret=True),
     )
-    github_url: str = Field("https://github.com", description="GitHub web URL (GitHub "
-                            "Enterprise Server: your instance).",
-                            json_schema_extra=_meta("OAuth / OIDC login"))
-    github_api_url: str = Field("https://api.github.com", description="GitHub REST API URL "
-                                "(GitHub Enterprise Server: `https://<host>/api/v3`).",
-                                json_schema_extra=_meta("OAuth / OIDC login"))
+    github_url: str = Field(
+        "https://github.com",
+        description="GitHub web URL (GitHub Enterprise Server: your instance).",
+        json_schema_extra=_meta("OAuth / OIDC login"),
+    )
+    github_api_url: str = Field(
+        "https://api.github.com",
+        description="GitHub REST API URL (GitHub Enterprise Server: `https://<host>/api/v3`).",
+        json_schema_extra=_meta("OAuth / OIDC login"),
+    )
     gitlab_url: str = Field(
         "https://gitlab.com",
         description="Default GitLab instance for login. Further "

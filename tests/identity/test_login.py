@@ -403,3 +403,53 @@ async def test_public_config(settings: Settings, db: Database, mailer: Recording
 
 def test_settings_fixture_is_development(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert not make_settings(tmp_path).is_production
+
+
+async def test_first_run_setup_link(
+    client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    from forgehall.identity.service import create_setup_link
+
+    async with db.session() as session:
+        link = await create_setup_link(session, settings)
+    assert link is not None
+    token = link.rsplit("/", 1)[1]
+    bad = await client.post(
+        "/auth/setup", json={"token": "fh_boot_" + "x" * 43, "email": "boss@example.com"}
+    )
+    assert bad.status_code == 404
+    done = await client.post("/auth/setup", json={"token": token, "email": "Boss@Example.com"})
+    assert done.status_code == 200, done.text
+    assert done.json()["user"]["is_instance_admin"] is True
+    assert (await client.get("/api/v1/me")).json()["email"] == "boss@example.com"
+    reused = await client.post("/auth/setup", json={"token": token, "email": "x@example.com"})
+    assert reused.status_code == 404
+    async with db.session() as session:
+        assert await create_setup_link(session, settings) is None, "an admin exists now"
+    assert (await client.get("/api/config")).json()["first_run"] is False
+
+
+async def test_admin_user_management(client: httpx.AsyncClient, db: Database) -> None:
+    from tests.conftest import make_person
+
+    root = await make_person(db, "root@example.com", admin=True)
+    user = await make_person(db, "user@example.com")
+    assert (await client.get("/api/v1/admin/users", headers=user.headers)).status_code == 403
+    listed = await client.get("/api/v1/admin/users", headers=root.headers)
+    assert [u["email"] for u in listed.json()] == ["root@example.com", "user@example.com"]
+    self_demote = await client.patch(
+        f"/api/v1/admin/users/{root.user.id}",
+        headers=root.headers,
+        json={"is_instance_admin": False},
+    )
+    assert self_demote.status_code == 409
+    disabled = await client.patch(
+        f"/api/v1/admin/users/{user.user.id}", headers=root.headers, json={"is_disabled": True}
+    )
+    assert disabled.status_code == 200
+    assert (await client.get("/api/v1/me", headers=user.headers)).status_code == 401
+    assert (
+        await client.patch(
+            "/api/v1/admin/users/nope", headers=root.headers, json={"is_disabled": True}
+        )
+    ).status_code == 404

@@ -7,6 +7,7 @@ import sys
 import typer
 
 from forgehall import __version__
+from forgehall.cli import client as client_commands
 from forgehall.cli import server as server_commands
 from forgehall.cli.context import CliState
 
@@ -42,6 +43,7 @@ def version() -> None:
 
 
 server_commands.register(app)
+client_commands.register(app)
 
 
 def main() -> None:

@@ -27,11 +27,15 @@ migrate_app = typer.Typer(help="Apply or inspect database migrations.", no_args_
 config_app = typer.Typer(help="Check, show and document configuration.", no_args_is_help=True)
 
 
+admin_app = typer.Typer(help="Instance administration on the server host.", no_args_is_help=True)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(serve)
     app.command()(up)
     app.add_typer(migrate_app, name="migrate")
     app.add_typer(config_app, name="config")
+    app.add_typer(admin_app, name="admin")
 
 
 HostOption = Annotated[str | None, typer.Option(help="Listen address (default FORGEHALL_HOST).")]
@@ -241,3 +245,25 @@ def config_docs(
 def config_new_key() -> None:
     """Print a new random encryption key for FORGEHALL_ENCRYPTION_KEY."""
     typer.echo(Fernet.generate_key().decode())
+
+
+@admin_app.command("bootstrap")
+def admin_bootstrap(ctx: typer.Context) -> None:
+    """Print a one-time link (valid 24 hours) that creates the first instance admin.
+
+    Runs against the database directly, on the server host. Refuses when an instance
+    admin already exists.
+    """
+    from forgehall.identity.service import create_setup_link
+    from forgehall.server import ensure_jwt_secret
+
+    settings = state(ctx).load().settings
+
+    async def _create(db: Any) -> str | None:
+        async with db.session() as session:
+            return await create_setup_link(session, ensure_jwt_secret(settings))
+
+    link = _with_database(ctx, _create)
+    if link is None:
+        fail("an instance admin already exists; promote others from the admin API")
+    typer.echo(link)

@@ -30,6 +30,7 @@ from forgehall.identity.schemas import (
     RevokedCount,
     SendCodeIn,
     SessionOut,
+    SetupIn,
     TokenIn,
     TokenOut,
     UserOut,
@@ -117,6 +118,13 @@ async def verify_code(
     user = await service.verify_login_code(
         session, settings, body.email, body.code, client_ip(request)
     )
+    if body.token_name is not None:
+        token = await service.create_token(session, user, kind="pat", name=body.token_name)
+        return LoginOut(
+            user=UserOut.model_validate(user),
+            token=token.plaintext,
+            expires_at=token.row.expires_at,
+        )
     issued = await service.create_session(
         session,
         settings,
@@ -124,6 +132,35 @@ async def verify_code(
         user_agent=request.headers.get("user-agent", ""),
         ip=client_ip(request),
         method="email",
+    )
+    set_session_cookie(response, settings, issued.jwt)
+    return LoginOut(
+        user=UserOut.model_validate(user),
+        session_id=issued.row.id,
+        expires_at=issued.row.expires_at,
+    )
+
+
+@auth_router.post(
+    "/setup",
+    response_model=LoginOut,
+    summary="First run: become the first instance admin with the console link",
+    responses={
+        404: {"description": "Unknown, used or expired link"},
+        409: {"description": "An admin already exists"},
+    },
+)
+async def complete_setup(
+    body: SetupIn, request: Request, response: Response, session: SessionDep, settings: SettingsDep
+) -> LoginOut:
+    user = await service.complete_setup(session, settings, body.token, body.email)
+    issued = await service.create_session(
+        session,
+        settings,
+        user,
+        user_agent=request.headers.get("user-agent", ""),
+        ip=client_ip(request),
+        method="setup-link",
     )
     set_session_cookie(response, settings, issued.jwt)
     return LoginOut(

@@ -17,6 +17,14 @@ class VerifyCodeIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     email: str = Field(max_length=320, examples=["alice@example.com"])
     code: str = Field(min_length=1, max_length=12, examples=["123456"])
+    token_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Instead of a session cookie, return a personal access token with this "
+        "name (used by `forgehall login`).",
+        examples=["CLI on laptop"],
+    )
 
 
 class Accepted(BaseModel):
@@ -35,8 +43,11 @@ class UserOut(BaseModel):
 
 class LoginOut(BaseModel):
     user: UserOut
-    session_id: str
-    expires_at: datetime
+    session_id: str | None = None
+    expires_at: datetime | None = None
+    token: str | None = Field(
+        None, description="The personal access token, when asked for with token_name. Shown once."
+    )
 
 
 class SessionOut(BaseModel):
@@ -97,3 +108,9 @@ class AdminUserPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     is_instance_admin: bool | None = None
     is_disabled: bool | None = None
+
+
+class SetupIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    token: str = Field(min_length=1, max_length=200)
+    email: str = Field(max_length=320, examples=["admin@example.com"])

@@ -41,7 +41,14 @@ from forgehall.core.security import (
 from forgehall.db.dialect import transaction_lock
 from forgehall.db.ratelimit import hit
 from forgehall.identity.mail import Mailer, OutgoingMail
-from forgehall.identity.models import ApiToken, ExternalIdentity, LoginCode, User, UserSession
+from forgehall.identity.models import (
+    ApiToken,
+    ExternalIdentity,
+    LoginCode,
+    OneTimeLink,
+    User,
+    UserSession,
+)
 from forgehall.settings import Settings
 
 log = structlog.get_logger("forgehall.identity")
@@ -473,3 +480,62 @@ async def link_identity(
 ) -> None:
     session.add(ExternalIdentity(user_id=user.id, provider=provider, subject=subject, email=email))
     await session.flush()
+
+
+# --- first-run setup link -------------------------------------------------------------
+
+SETUP_LINK_TTL = timedelta(hours=24)
+
+
+async def create_setup_link(session: AsyncSession, settings: Settings) -> str | None:
+    """A one-time link that makes its user the first instance admin.
+
+    Only while no instance admin exists; returns None otherwise. The link is printed on
+    the server's console, so holding it proves access to the machine.
+    """
+    if await count_instance_admins(session) > 0:
+        return None
+    token = generate_token("boot")
+    session.add(
+        OneTimeLink(
+            token_hash=hash_token(token), purpose="first-admin", expires_at=now() + SETUP_LINK_TTL
+        )
+    )
+    await session.commit()
+    return f"{settings.origin}/setup/{token}"
+
+
+async def complete_setup(
+    session: AsyncSession, settings: Settings, token: str, raw_email: str
+) -> User:
+    """Consume a setup link: the account for ``raw_email`` becomes the first admin."""
+    email = normalize_email(raw_email)
+    await transaction_lock(session, "bootstrap-admin")
+    link = await session.get(OneTimeLink, hash_token(token))
+    if (
+        link is None
+        or link.purpose != "first-admin"
+        or link.used_at is not None
+        or link.expires_at <= now()
+    ):
+        raise ProblemError(
+            404,
+            "this setup link is unknown, used or expired; run `forgehall "
+            "admin bootstrap` on the server for a new one",
+            type_="setup-link",
+        )
+    if await count_instance_admins(session) > 0:
+        raise ProblemError(
+            409, "an instance admin already exists; sign in instead", type_="admin-exists"
+        )
+    link.used_at = now()
+    user = await read_user_by_email(session, email)
+    if user is None:
+        user = User(email=email, name=email.split("@", 1)[0])
+        session.add(user)
+    user.is_instance_admin = True
+    user.is_disabled = False
+    user.last_login_at = now()
+    await session.commit()
+    log.info("admin.bootstrapped", user_id=user.id, via="setup-link")
+    return user
