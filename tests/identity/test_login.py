@@ -453,3 +453,80 @@ async def test_admin_user_management(client: httpx.AsyncClient, db: Database) ->
             "/api/v1/admin/users/nope", headers=root.headers, json={"is_disabled": True}
         )
     ).status_code == 404
+
+
+async def test_signup_policy_changes_at_runtime(
+    client: httpx.AsyncClient, db: Database, mailer: RecordingMailer
+) -> None:
+    from tests.conftest import make_person
+
+    root = await make_person(db, "root@example.com", admin=True)
+    user = await make_person(db, "user@example.com")
+    assert (
+        await client.patch(
+            "/api/v1/admin/signup", headers=user.headers, json={"allow_signup": False}
+        )
+    ).status_code == 403
+    closed = await client.patch(
+        "/api/v1/admin/signup",
+        headers=root.headers,
+        json={
+            "allow_signup": False,
+            "allowed_emails": ["VIP@example.com"],
+            "disable_workspace_creation": True,
+        },
+    )
+    assert closed.json() == {
+        "allow_signup": False,
+        "allowed_email_domains": [],
+        "allowed_emails": ["vip@example.com"],
+        "disable_workspace_creation": True,
+    }
+    assert (await client.get("/api/config")).json()["allow_signup"] is False
+    await client.post("/auth/send-code", json={"email": "newbie@example.com"})
+    assert mailer.sent == [], "no restart needed: signup is closed at once"
+    assert (await login(client, mailer, "vip@example.com")).status_code == 200
+    refused = await client.post(
+        "/api/v1/workspaces",
+        headers=user.headers,
+        json={"slug": "w", "name": "W", "key_prefix": "W"},
+    )
+    assert refused.status_code == 403
+    reset = await client.patch(
+        "/api/v1/admin/signup",
+        headers=root.headers,
+        json={"allow_signup": None, "disable_workspace_creation": None},
+    )
+    assert reset.json()["allow_signup"] is True, "null falls back to the environment"
+    bad = await client.patch(
+        "/api/v1/admin/signup",
+        headers=root.headers,
+        json={"allowed_email_domains": ["not a domain"]},
+    )
+    assert bad.status_code == 422
+
+
+async def test_rate_limits_are_shared_by_replicas(
+    settings: Settings, db: Database, mailer: RecordingMailer
+) -> None:
+    from forgehall.db.url import resolve_database
+
+    other_db = Database(resolve_database(settings))
+    replica_a = create_app(settings, db=db, options=AppOptions(run_services=False), mailer=mailer)
+    replica_b = create_app(
+        settings, db=other_db, options=AppOptions(run_services=False), mailer=mailer
+    )
+    try:
+        async with (
+            new_client(replica_a, ip="198.51.100.9") as a,
+            new_client(replica_b, ip="198.51.100.9") as b,
+        ):
+            statuses = []
+            for i in range(31):
+                target = a if i % 2 else b
+                response = await target.post("/auth/send-code", json={"email": f"r{i}@example.com"})
+                statuses.append(response.status_code)
+    finally:
+        await other_db.dispose()
+    assert statuses[:30] == [202] * 30
+    assert statuses[30] == 429

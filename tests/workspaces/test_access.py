@@ -135,3 +135,66 @@ def classify(response: httpx.Response) -> str:
     if response.status_code == 403 and response.json().get("type") == "/problems/forbidden":
         return "403"
     return "allowed"
+
+
+#: Routes anyone may call without signing in. Everything else must answer 401.
+PUBLIC_ROUTES = {
+    ("GET", "/health"),
+    ("GET", "/readyz"),
+    ("GET", "/healthz"),
+    ("GET", "/api/config"),
+    ("POST", "/auth/send-code"),
+    ("POST", "/auth/verify-code"),
+    ("POST", "/auth/setup"),
+    ("POST", "/auth/logout"),
+    ("GET", "/auth/oauth/{provider}/start"),
+    ("GET", "/auth/oauth/{provider}/callback"),
+}
+
+
+def _fill(path: str) -> str:
+    return re.sub(r"\{[a-z_]+\}", "unknown-id", path)
+
+
+async def test_every_other_route_requires_authentication(app: FastAPI) -> None:
+    checked = 0
+    async with app.router.lifespan_context(app), new_client(app, origin=None) as client:
+        for route in iter_api_routes(app.routes):
+            for method in sorted(route.methods):
+                if (method, route.path) in PUBLIC_ROUTES or method == "HEAD":
+                    continue
+                body = None if method in ("GET", "DELETE") else {}
+                response = await client.request(method, _fill(route.path), json=body)
+                assert response.status_code == 401, f"{method} {route.path}"
+                checked += 1
+    assert checked > 25
+
+
+async def test_admin_routes_refuse_non_admins_and_user_routes_refuse_daemon_tokens(
+    app: FastAPI, db: Database, world: dict[str, Person]
+) -> None:
+    from forgehall.identity import service as identity
+
+    workspace = await make_workspace(db, world["owner"], "dmn")
+    async with db.session() as session:
+        daemon = await identity.create_token(
+            session, world["owner"].user, kind="dmn", name="box", workspace_id=workspace.id
+        )
+    daemon_headers = {"authorization": f"Bearer {daemon.plaintext}"}
+    async with app.router.lifespan_context(app), new_client(app, origin=None) as client:
+        for route in iter_api_routes(app.routes):
+            for method in sorted(route.methods):
+                body = None if method in ("GET", "DELETE") else {}
+                path = _fill(route.path)
+                if (
+                    route.path.startswith("/api/v1/admin/")
+                    and route.path != "/api/v1/admin/bootstrap"
+                ):
+                    response = await client.request(
+                        method, path, json=body, headers=world["member"].headers
+                    )
+                    assert response.status_code == 403, f"{method} {route.path}"
+                if route.path.startswith(("/api/v1/me", "/api/v1/admin")):
+                    response = await client.request(method, path, json=body, headers=daemon_headers)
+                    assert response.status_code == 403, f"{method} {route.path} (daemon)"
+                    assert response.json()["type"] == "/problems/wrong-token-kind"

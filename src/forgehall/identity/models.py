@@ -146,3 +146,19 @@ class OneTimeLink(Base):
 
 
 Index("ix_api_tokens_kind_user", ApiToken.kind, ApiToken.user_id)
+
+
+class InstanceSetting(Base):
+    """A runtime override of an instance-wide setting, changed by an instance admin.
+
+    Only the signup policy is overridable today; values are JSON.
+    """
+
+    __tablename__ = "instance_settings"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_by: Mapped[str | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), default=None
+    )
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -31,6 +31,8 @@ from forgehall.identity.schemas import (
     SendCodeIn,
     SessionOut,
     SetupIn,
+    SignupPolicyOut,
+    SignupPolicyPatch,
     TokenIn,
     TokenOut,
     UserOut,
@@ -55,11 +57,12 @@ def login_methods(settings: Settings) -> list[str]:
     "/api/config", response_model=PublicConfig, summary="Login methods and signup rules, for the UI"
 )
 async def read_public_config(settings: SettingsDep, session: SessionDep) -> PublicConfig:
+    policy = await service.read_signup_policy(session, settings)
     return PublicConfig(
         login_methods=login_methods(settings),
         oidc_display_name=settings.oidc_display_name if settings.oidc_client_id else None,
-        allow_signup=settings.allow_signup,
-        disable_workspace_creation=settings.disable_workspace_creation,
+        allow_signup=policy.allow_signup,
+        disable_workspace_creation=policy.disable_workspace_creation,
         first_run=await service.count_instance_admins(session) == 0,
     )
 
@@ -280,3 +283,41 @@ async def update_user(
             await service.revoke_all_sessions(session, target)
     await session.commit()
     return target
+
+
+def _policy_out(policy: service.SignupPolicy) -> SignupPolicyOut:
+    return SignupPolicyOut(
+        allow_signup=policy.allow_signup,
+        allowed_email_domains=list(policy.allowed_email_domains),
+        allowed_emails=list(policy.allowed_emails),
+        disable_workspace_creation=policy.disable_workspace_creation,
+    )
+
+
+@router.get(
+    "/admin/signup",
+    response_model=SignupPolicyOut,
+    summary="Effective signup policy (environment plus runtime overrides)",
+)
+async def read_signup_policy(
+    _: InstanceAdmin, session: SessionDep, settings: SettingsDep
+) -> SignupPolicyOut:
+    return _policy_out(await service.read_signup_policy(session, settings))
+
+
+@router.patch(
+    "/admin/signup",
+    response_model=SignupPolicyOut,
+    summary="Change the signup policy at runtime (null: back to the environment)",
+)
+async def update_signup_policy(
+    body: SignupPolicyPatch, admin: InstanceAdmin, session: SessionDep, settings: SettingsDep
+) -> SignupPolicyOut:
+    changes = body.model_dump(exclude_unset=True)
+    for domain in changes.get("allowed_email_domains") or []:
+        if "@" in domain.strip("@") or "." not in domain:
+            raise ProblemError(422, f"{domain!r} is not a domain name", type_="invalid-domain")
+    if changes.get("allowed_emails"):
+        changes["allowed_emails"] = [service.normalize_email(e) for e in changes["allowed_emails"]]
+    await service.update_signup_policy(session, admin, changes)
+    return _policy_out(await service.read_signup_policy(session, settings))

@@ -114,3 +114,20 @@ class SetupIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     token: str = Field(min_length=1, max_length=200)
     email: str = Field(max_length=320, examples=["admin@example.com"])
+
+
+class SignupPolicyOut(BaseModel):
+    allow_signup: bool
+    allowed_email_domains: list[str]
+    allowed_emails: list[str]
+    disable_workspace_creation: bool
+
+
+class SignupPolicyPatch(BaseModel):
+    """Runtime overrides; send null for a field to fall back to the environment."""
+
+    model_config = ConfigDict(extra="forbid")
+    allow_signup: bool | None = None
+    allowed_email_domains: list[str] | None = None
+    allowed_emails: list[str] | None = None
+    disable_workspace_creation: bool | None = None

@@ -15,9 +15,10 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 from email_validator import EmailNotValidError, validate_email
@@ -44,6 +45,7 @@ from forgehall.identity.mail import Mailer, OutgoingMail
 from forgehall.identity.models import (
     ApiToken,
     ExternalIdentity,
+    InstanceSetting,
     LoginCode,
     OneTimeLink,
     User,
@@ -77,14 +79,71 @@ def normalize_email(raw: str) -> str:
     return result.normalized.lower()
 
 
-def signup_allowed(settings: Settings, email: str) -> bool:
+@dataclass(frozen=True)
+class SignupPolicy:
+    """Who may create accounts and workspaces: the environment, overridden at runtime by
+    an instance admin (``instance_settings`` rows)."""
+
+    allow_signup: bool
+    allowed_email_domains: tuple[str, ...]
+    allowed_emails: tuple[str, ...]
+    disable_workspace_creation: bool
+
+    def admits(self, email: str) -> bool:
+        if email in self.allowed_emails:
+            return True
+        if not self.allow_signup:
+            return False
+        return (
+            not self.allowed_email_domains or email.rsplit("@", 1)[1] in self.allowed_email_domains
+        )
+
+
+SIGNUP_KEYS = (
+    "allow_signup",
+    "allowed_email_domains",
+    "allowed_emails",
+    "disable_workspace_creation",
+)
+
+
+async def read_signup_policy(session: AsyncSession, settings: Settings) -> SignupPolicy:
+    values: dict[str, Any] = {key: getattr(settings, key) for key in SIGNUP_KEYS}
+    rows = await session.execute(
+        select(InstanceSetting).where(InstanceSetting.key.in_([f"signup.{k}" for k in SIGNUP_KEYS]))
+    )
+    for row in rows.scalars():
+        values[row.key.removeprefix("signup.")] = json.loads(row.value)
+    return SignupPolicy(
+        allow_signup=bool(values["allow_signup"]),
+        allowed_email_domains=tuple(d.lower().lstrip("@") for d in values["allowed_email_domains"]),
+        allowed_emails=tuple(e.lower() for e in values["allowed_emails"]),
+        disable_workspace_creation=bool(values["disable_workspace_creation"]),
+    )
+
+
+async def update_signup_policy(session: AsyncSession, admin: User, changes: dict[str, Any]) -> None:
+    """Store runtime overrides; a value of None removes the override (back to the env)."""
+    for key, value in changes.items():
+        assert key in SIGNUP_KEYS
+        row = await session.get(InstanceSetting, f"signup.{key}")
+        if value is None:
+            if row is not None:
+                await session.delete(row)
+            continue
+        if row is None:
+            session.add(
+                InstanceSetting(key=f"signup.{key}", value=json.dumps(value), updated_by=admin.id)
+            )
+        else:
+            row.value, row.updated_by, row.updated_at = json.dumps(value), admin.id, now()
+    await session.commit()
+    log.info("admin.signup_policy_changed", user_id=admin.id, keys=sorted(changes))
+
+
+async def signup_allowed(session: AsyncSession, settings: Settings, email: str) -> bool:
     """Whether a new account may be created for ``email`` (existing ones always log in)."""
-    if email in {e.lower() for e in settings.allowed_emails}:
-        return True
-    if not settings.allow_signup:
-        return False
-    domains = {d.lower().lstrip("@") for d in settings.allowed_email_domains}
-    return not domains or email.rsplit("@", 1)[1] in domains
+    return (await read_signup_policy(session, settings)).admits(email)
 
 
 async def read_user_by_email(session: AsyncSession, email: str) -> User | None:
@@ -137,7 +196,7 @@ async def send_login_code(
             headers={"Retry-After": str(wait)},
         )
     user = await read_user_by_email(session, email)
-    if user is None and not signup_allowed(settings, email):
+    if user is None and not await signup_allowed(session, settings, email):
         # Same answer as for a real send: do not reveal which addresses may sign up.
         log.info("login.code_withheld", reason="signup_not_allowed")
         return
@@ -224,7 +283,7 @@ async def verify_login_code(
 async def _login_user(session: AsyncSession, settings: Settings, email: str, method: str) -> User:
     user = await read_user_by_email(session, email)
     if user is None:
-        if not signup_allowed(settings, email):
+        if not await signup_allowed(session, settings, email):
             await session.commit()
             raise ProblemError(
                 403,

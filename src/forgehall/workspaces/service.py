@@ -23,7 +23,7 @@ from forgehall.core.errors import ProblemError
 from forgehall.core.security import generate_token, hash_token
 from forgehall.identity.mail import Mailer, OutgoingMail
 from forgehall.identity.models import User
-from forgehall.identity.service import enforce_rate_limit, normalize_email
+from forgehall.identity.service import enforce_rate_limit, normalize_email, read_signup_policy
 from forgehall.settings import Settings
 from forgehall.workspaces.access import Access, Role
 from forgehall.workspaces.models import Invitation, Member, Workspace
@@ -75,7 +75,8 @@ async def create_workspace(
     name: str,
     key_prefix: str,
 ) -> Workspace:
-    if settings.disable_workspace_creation and not user.is_instance_admin:
+    policy = await read_signup_policy(session, settings)
+    if policy.disable_workspace_creation and not user.is_instance_admin:
         raise ProblemError(
             403,
             "workspace creation is disabled on this instance; ask an "
