@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.process import PYTHON, ServerProcess, base_env, run_cli
@@ -104,4 +105,110 @@ def test_cli_session(tmp_path: Path) -> None:
 
         again = run_cli("admin", "bootstrap", env=env)
         assert again.returncode == 0, "no admin yet: the link may be printed again"
+        assert server.stop() == 0
+
+
+def test_browser_login_with_localhost_callback(tmp_path: Path) -> None:
+    """`forgehall login` prints (or opens) the sign-in URL; the test plays the browser."""
+    env = base_env(tmp_path, XDG_CONFIG_HOME=str(tmp_path / "config"))
+    with ServerProcess(tmp_path, env=dict(env)) as server:
+        server.wait_ready()
+        origin = f"http://localhost:{server.port}"
+        cli = subprocess.Popen(
+            [
+                PYTHON,
+                "-m",
+                "forgehall",
+                "login",
+                "--server",
+                origin,
+                "--no-open",
+                "--timeout",
+                "60",
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert cli.stderr is not None
+        line = ""
+        while "/auth/cli/authorize" not in line:
+            line = cli.stderr.readline()
+            assert line, "the CLI exited without printing the sign-in URL"
+        authorize = line.strip()
+        with httpx.Client(follow_redirects=False, timeout=10) as browser:
+            to_login = browser.get(authorize)
+            assert to_login.status_code == 303
+            login_page = browser.get(origin + to_login.headers["location"])
+            assert 'name="email"' in login_page.text
+            next_path = re.search(r'name="next" value="([^"]+)"', login_page.text)
+            assert next_path
+            next_value = next_path.group(1).replace("&amp;", "&")
+            code_page = browser.post(
+                origin + "/login", data={"email": "cli@example.com", "next": next_value}
+            )
+            assert 'name="code"' in code_page.text
+            wrong = browser.post(
+                origin + "/login/verify",
+                data={"email": "cli@example.com", "code": "000000", "next": next_value},
+            )
+            assert wrong.status_code == 400
+            assert 'role="alert"' in wrong.text
+            assert "cli@example.com" in wrong.text, "what the user typed is kept"
+            signed_in = browser.post(
+                origin + "/login/verify",
+                data={
+                    "email": "cli@example.com",
+                    "code": _code_from_log(server, "cli@example.com"),
+                    "next": next_value,
+                },
+            )
+            assert signed_in.status_code == 303
+            prompt = browser.get(origin + signed_in.headers["location"])
+            assert "Authorize the command line?" in prompt.text
+            form = dict(re.findall(r'name="(callback|state|name)" value="([^"]*)"', prompt.text))
+            forged = browser.post(
+                origin + "/auth/cli/authorize",
+                data=form,
+                headers={"origin": "https://evil.example"},
+            )
+            assert forged.status_code == 403, "cross-site form posts are refused"
+            granted = browser.post(
+                origin + "/auth/cli/authorize", data=form, headers={"origin": origin}
+            )
+            assert granted.status_code == 303
+            callback = granted.headers["location"]
+            assert callback.startswith("http://127.0.0.1:")
+            assert browser.get(callback).status_code == 200
+        out, err = cli.communicate(timeout=30)
+        assert cli.returncode == 0, err
+        assert "Logged in to" in out
+        assert "cli@example.com" in out
+        who = run_cli("whoami", env=env)
+        assert who.stdout.startswith("cli@example.com")
+        replay = httpx.post(
+            origin + "/auth/cli/exchange",
+            json={
+                "code": re.search(r"code=([^&]+)", callback).group(1),  # type: ignore[union-attr]
+                "name": "again",
+            },
+        )
+        assert replay.status_code == 400, "a login code works once"
+        assert server.stop() == 0
+
+
+def test_cli_authorize_refuses_non_loopback_callbacks(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path) as server:
+        server.wait_ready()
+        for callback in (
+            "https://evil.example/cb",
+            "http://127.0.0.1/cb",
+            "http://user:pw@127.0.0.1:9/cb",
+        ):
+            response = httpx.get(
+                server.url + "/auth/cli/authorize", params={"callback": callback, "state": "s"}
+            )
+            assert response.status_code == 400, callback
         assert server.stop() == 0

@@ -11,10 +11,12 @@ import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
 from starlette.routing import BaseRoute
 
 from forgehall import __version__
@@ -33,6 +35,7 @@ from forgehall.identity.routes import router as identity_router
 from forgehall.ops.routes import router as ops_router
 from forgehall.ops.service import JobHistoryRetention
 from forgehall.settings import Problem, Settings, check_settings
+from forgehall.web.routes import router as web_router
 from forgehall.workspaces.routes import router as workspaces_router
 
 log = structlog.get_logger("forgehall.app")
@@ -40,6 +43,7 @@ log = structlog.get_logger("forgehall.app")
 #: Every background service a replica can run (names are documented in docs/operations.md).
 BACKGROUND_SERVICES: tuple[type[BackgroundService], ...] = (JobHistoryRetention,)
 API_PREFIX = "/api/v1"
+STATIC_DIR = Path(__file__).parent / "web" / "static"
 
 
 def iter_api_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
@@ -150,8 +154,16 @@ def create_app(
     app.state.services = runner
     app.state.mailer = mailer or create_mailer(settings)
     install_error_handlers(app)
-    for router in (ops_router, config_router, auth_router, identity_router, workspaces_router):
+    for router in (
+        ops_router,
+        config_router,
+        auth_router,
+        identity_router,
+        workspaces_router,
+        web_router,
+    ):
         app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(OriginCORSMiddleware, allowed_origins=settings.allowed_origins)
     app.add_middleware(
         RequestContextMiddleware,

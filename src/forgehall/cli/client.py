@@ -8,8 +8,14 @@ problem detail on one line and exit non-zero.
 from __future__ import annotations
 
 import json
+import queue
+import secrets
 import socket
+import threading
+import webbrowser
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Annotated, Any, NoReturn
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import typer
@@ -99,42 +105,100 @@ def _print(rows: list[BaseModel], columns: list[str], as_json: bool, title: str)
 def login(
     server: Annotated[str | None, typer.Option(help="Server URL.")] = None,
     token: Annotated[
-        str | None,
-        typer.Option(
-            help="Store this personal access token instead of signing in by email (for "
-            "headless machines)."
-        ),
+        str | None, typer.Option(help="Store this personal access token (headless machines).")
     ] = None,
-    email: Annotated[str | None, typer.Option(help="Email address to sign in with.")] = None,
+    email: Annotated[
+        str | None,
+        typer.Option(help="Sign in by email code typed in the terminal instead of the browser."),
+    ] = None,
+    no_open: Annotated[
+        bool,
+        typer.Option("--no-open", help="Print the sign-in URL instead of opening a browser."),
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the browser.")] = 300,
 ) -> None:
     """Sign in and store a personal access token (file mode 0600).
 
-    Without --token: the server emails a one-time code, you type it here, and a token
-    named after this machine is created for the CLI.
+    By default a browser opens on the server's sign-in page; after you authorize the CLI
+    the server hands a one-time code to a listener on 127.0.0.1, which the CLI trades for
+    a token named after this machine. --email signs in by code in the terminal instead;
+    --token stores a token you already have.
     """
     stored = load_credentials()
     url = server or stored.server_url or typer.prompt("Server URL", default=DEFAULT_SERVER)
     url = url.rstrip("/")
-    if token is None:
-        address = email or typer.prompt("Email")
+    name = f"CLI on {socket.gethostname()}"
+    if token is None and email is not None:
         anonymous = Server(Credentials(server_url=url), need_token=False)
-        anonymous.request("POST", "/auth/send-code", {"email": address})
+        anonymous.request("POST", "/auth/send-code", {"email": email})
         code = typer.prompt("Code from the email")
         result = _parse(
             LoginOut,
             anonymous.request(
-                "POST",
-                "/auth/verify-code",
-                {"email": address, "code": code, "token_name": f"CLI on {socket.gethostname()}"},
+                "POST", "/auth/verify-code", {"email": email, "code": code, "token_name": name}
             ),
         )
         token = result.token
-        assert token is not None
+    elif token is None:
+        token = _browser_login(url, name, open_browser=not no_open, timeout=timeout)
+    assert token is not None
     me = _parse(
         UserOut, Server(Credentials(server_url=url, token=token)).request("GET", "/api/v1/me")
     )
     path = save_credentials(Credentials(server_url=url, token=token, workspace=stored.workspace))
     typer.echo(f"Logged in to {url} as {me.email} (token stored in {path})")
+
+
+def _browser_login(url: str, name: str, *, open_browser: bool, timeout: float) -> str:
+    """The localhost-callback flow: returns a new personal access token."""
+    state = secrets.token_urlsafe(24)
+    received: queue.Queue[dict[str, str]] = queue.Queue()
+
+    class Callback(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+            ok = query.get("state") == state and "code" in query
+            self.send_response(200 if ok else 400)
+            self.send_header("content-type", "text/html; charset=utf-8")
+            self.end_headers()
+            self.wfile.write(
+                b"<h1>Forgehall CLI</h1><p>"
+                + (
+                    b"Signed in. You can close this tab."
+                    if ok
+                    else b"This sign-in did not come from the CLI that is waiting."
+                )
+                + b"</p>"
+            )
+            if ok:
+                received.put(query)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Keep the terminal quiet."""
+
+    listener = HTTPServer(("127.0.0.1", 0), Callback)
+    threading.Thread(target=listener.serve_forever, daemon=True).start()
+    callback = f"http://127.0.0.1:{listener.server_address[1]}/callback"
+    query = urlencode({"callback": callback, "state": state, "name": name})
+    authorize = f"{url}/auth/cli/authorize?{query}"
+    typer.echo(f"Sign in at:\n\n  {authorize}\n", err=True)
+    if open_browser:
+        webbrowser.open(authorize)
+    try:
+        result = received.get(timeout=timeout)
+    except queue.Empty:
+        fail(f"no sign-in within {int(timeout)} seconds; run `forgehall login` again")
+    finally:
+        listener.shutdown()
+    exchanged = _parse(
+        LoginOut,
+        Server(Credentials(server_url=url), need_token=False).request(
+            "POST", "/auth/cli/exchange", {"code": result["code"], "name": name}
+        ),
+    )
+    token: str | None = exchanged.token
+    assert token is not None
+    return token
 
 
 def logout() -> None:

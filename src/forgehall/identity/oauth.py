@@ -467,9 +467,7 @@ class PendingFlow:
     redirect_to: str
 
 
-_BAD_STATE = (
-    "this sign-in link is unknown, expired or was already used; start the sign-in again"
-)
+_BAD_STATE = "this sign-in link is unknown, expired or was already used; start the sign-in again"
 
 
 async def consume_state(
@@ -497,7 +495,9 @@ async def consume_state(
         )
         log.info("oauth.rejected", provider=provider.slug, reason=reason)
         raise ProblemError(400, _BAD_STATE, type_="oauth-state")
-    return PendingFlow(code_verifier=row.code_verifier, nonce=row.nonce, redirect_to=row.redirect_to)
+    return PendingFlow(
+        code_verifier=row.code_verifier, nonce=row.nonce, redirect_to=row.redirect_to
+    )
 
 
 @dataclass(frozen=True)
@@ -670,9 +670,7 @@ def validate_id_token(
 
 
 def _bad_id_token(why: str) -> ProblemError:
-    return ProblemError(
-        400, f"the provider's ID token was refused: {why}", type_="oauth-id-token"
-    )
+    return ProblemError(400, f"the provider's ID token was refused: {why}", type_="oauth-id-token")
 
 
 # --- GitHub (OAuth 2, not OIDC) ---------------------------------------------------------
@@ -895,7 +893,8 @@ async def create_login_provider(
         )
     if slug in BUILTIN_SLUGS:
         raise ProblemError(
-            409, f"{slug!r} is the name of a built-in provider; choose another slug",
+            409,
+            f"{slug!r} is the name of a built-in provider; choose another slug",
             type_="slug-taken",
         )
     issuer = check_issuer_url(issuer)

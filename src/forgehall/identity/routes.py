@@ -24,6 +24,7 @@ from forgehall.identity.schemas import (
     Accepted,
     AdminUserPatch,
     BootstrapIn,
+    CliExchangeIn,
     IssuedTokenOut,
     LoginOut,
     PublicConfig,
@@ -171,6 +172,17 @@ async def complete_setup(
         session_id=issued.row.id,
         expires_at=issued.row.expires_at,
     )
+
+
+@auth_router.post(
+    "/cli/exchange",
+    response_model=LoginOut,
+    summary="CLI: trade the one-time code from the browser for a token",
+    responses={400: {"description": "Unknown, used or expired code"}},
+)
+async def exchange_cli_code(body: CliExchangeIn, session: SessionDep) -> LoginOut:
+    user, issued = await service.exchange_cli_login_code(session, body.code, body.name)
+    return LoginOut(user=UserOut.model_validate(user), token=issued.plaintext)
 
 
 @auth_router.post("/logout", status_code=204, summary="End this browser session")

@@ -131,3 +131,9 @@ class SignupPolicyPatch(BaseModel):
     allowed_email_domains: list[str] | None = None
     allowed_emails: list[str] | None = None
     disable_workspace_creation: bool | None = None
+
+
+class CliExchangeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200, examples=["CLI on laptop"])

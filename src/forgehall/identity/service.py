@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import structlog
 from email_validator import EmailNotValidError, validate_email
@@ -598,3 +599,64 @@ async def complete_setup(
     await session.commit()
     log.info("admin.bootstrapped", user_id=user.id, via="setup-link")
     return user
+
+
+# --- CLI browser login --------------------------------------------------------------------
+
+CLI_CODE_TTL = timedelta(minutes=2)
+
+
+def is_loopback_callback(url: str) -> bool:
+    """Only the CLI's own listener on this machine may receive a login code."""
+    parts = urlsplit(url)
+    return (
+        parts.scheme == "http"
+        and parts.hostname in ("127.0.0.1", "localhost", "::1")
+        and parts.port is not None
+        and not parts.username
+        and not parts.password
+    )
+
+
+async def create_cli_login_code(session: AsyncSession, user: User) -> str:
+    code = generate_token("cli")
+    session.add(
+        OneTimeLink(
+            token_hash=hash_token(code),
+            purpose="cli-login",
+            user_id=user.id,
+            expires_at=now() + CLI_CODE_TTL,
+        )
+    )
+    await session.commit()
+    return code
+
+
+async def exchange_cli_login_code(
+    session: AsyncSession, code: str, name: str
+) -> tuple[User, IssuedToken]:
+    """Trade a one-time code from the browser for a personal access token (once)."""
+    link = await session.get(OneTimeLink, hash_token(code))
+    if (
+        link is None
+        or link.purpose != "cli-login"
+        or link.used_at is not None
+        or link.expires_at <= now()
+        or link.user_id is None
+    ):
+        raise ProblemError(
+            400,
+            "the login code is unknown, used or expired; run `forgehall login` again",
+            type_="invalid-code",
+        )
+    consumed = await session.execute(
+        update(OneTimeLink)
+        .where(OneTimeLink.token_hash == link.token_hash, OneTimeLink.used_at.is_(None))
+        .values(used_at=now())
+    )
+    if consumed.rowcount != 1:  # type: ignore[attr-defined]
+        raise ProblemError(400, "the login code was already used", type_="invalid-code")
+    user = await session.get(User, link.user_id)
+    if user is None or user.is_disabled:
+        raise ProblemError(403, "this account is disabled", type_="account-disabled")
+    return user, await create_token(session, user, kind="pat", name=name)
