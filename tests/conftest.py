@@ -34,6 +34,7 @@ from forgehall.db.url import resolve_database
 from forgehall.identity import service as identity_service
 from forgehall.identity.mail import OutgoingMail
 from forgehall.identity.models import User
+from forgehall.issues.service import create_default_statuses
 from forgehall.settings import Settings
 from forgehall.workspaces.models import Member, Workspace
 
@@ -341,5 +342,6 @@ async def make_workspace(
             session.add(
                 Member(workspace_id=workspace.id, user_id=person.user.id, role=role.upper())
             )
+        await create_default_statuses(session, workspace.id)
         await session.commit()
     return workspace

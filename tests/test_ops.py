@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import httpx
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
 from forgehall.app import AppOptions, create_app
 from forgehall.db.engine import Database
@@ -182,3 +182,28 @@ async def test_openapi_is_served_under_the_api_prefix(client: httpx.AsyncClient)
     paths = response.json()["paths"]
     assert "/readyz" in paths
     assert "503" in paths["/readyz"]["get"]["responses"]
+
+
+async def test_forwarded_for_is_believed_only_from_trusted_proxies(
+    settings: Settings, db: Database
+) -> None:
+    app = create_app(settings, db=db, options=AppOptions(run_services=False))
+    seen: list[tuple[str | None, str]] = []
+
+    @app.get("/whoami-ip")
+    async def whoami_ip(request: Request) -> dict[str, str]:
+        seen.append((request.client.host if request.client else None, request.url.scheme))
+        return {}
+
+    async with app.router.lifespan_context(app):
+        for peer in ("127.0.0.1", "203.0.113.9"):
+            transport = httpx.ASGITransport(app=app, client=(peer, 1))
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                await c.get("/whoami-ip", headers={
+                    "x-forwarded-for": "198.51.100.7, 10.9.9.9, 127.0.0.1",
+                    "x-forwarded-proto": "https"})
+    # From the trusted proxy: the rightmost untrusted hop is the client, scheme https.
+    # (10.9.9.9 is not in the trusted list, so it is the client the proxy saw.)
+    assert seen[0] == ("10.9.9.9", "https")
+    # From an untrusted peer the headers are ignored.
+    assert seen[1] == ("203.0.113.9", "http")

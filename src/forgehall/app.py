@@ -14,14 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.routing import BaseRoute
 
 from forgehall import __version__
 from forgehall.core.cors import OriginCORSMiddleware
-from forgehall.core.errors import install_error_handlers
+from forgehall.core.errors import install_error_handlers, problem_response
+from forgehall.core.events import EventBus
 from forgehall.core.metrics import Metrics
 from forgehall.core.middleware import RequestContextMiddleware
 from forgehall.core.security import Vault
@@ -29,9 +31,11 @@ from forgehall.core.services import BackgroundService, ServiceRunner, select_ser
 from forgehall.db.engine import Database
 from forgehall.db.types import install_vault
 from forgehall.db.url import resolve_database
-from forgehall.identity.mail import Mailer, create_mailer
+from forgehall.identity.mail import MailDeliveryError, Mailer, create_mailer
+from forgehall.identity.oauth_routes import router as oauth_router
 from forgehall.identity.routes import auth_router, config_router
 from forgehall.identity.routes import router as identity_router
+from forgehall.issues.routes import router as issues_router
 from forgehall.ops.routes import router as ops_router
 from forgehall.ops.service import JobHistoryRetention
 from forgehall.settings import Problem, Settings, check_settings
@@ -44,6 +48,18 @@ log = structlog.get_logger("forgehall.app")
 BACKGROUND_SERVICES: tuple[type[BackgroundService], ...] = (JobHistoryRetention,)
 API_PREFIX = "/api/v1"
 STATIC_DIR = Path(__file__).parent / "web" / "static"
+
+
+async def _on_mail_failure(request: Request, exc: Exception) -> Response:
+    # The code or invitation is stored; the person can ask again once mail works.
+    return problem_response(
+        503,
+        f"could not send the email: {exc}. Try again later; an operator should check "
+        "the SMTP settings (docs/operations.md)",
+        type_="mail-unavailable",
+        instance=request.url.path,
+        headers={"Retry-After": "60"},
+    )
 
 
 def iter_api_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
@@ -118,8 +134,12 @@ def create_app(
             intervals=dict(settings.service_intervals),
             runner_id=runner_id,
         )
+    # uvicorn drains requests for the full grace first; services get a quarter on top, so a
+    # stop takes at most 1.25 x FORGEHALL_SHUTDOWN_GRACE_SECONDS (docs/operations.md).
     runner = ServiceRunner(
-        services or [], metrics=metrics, stop_grace=max(settings.shutdown_grace_seconds, 1.0)
+        services or [],
+        metrics=metrics,
+        stop_grace=max(settings.shutdown_grace_seconds / 4, 1.0),
     )
 
     @asynccontextmanager
@@ -153,13 +173,17 @@ def create_app(
     app.state.metrics = metrics
     app.state.services = runner
     app.state.mailer = mailer or create_mailer(settings)
+    app.state.events = EventBus()
     install_error_handlers(app)
+    app.add_exception_handler(MailDeliveryError, _on_mail_failure)
     for router in (
         ops_router,
         config_router,
         auth_router,
         identity_router,
+        oauth_router,
         workspaces_router,
+        issues_router,
         web_router,
     ):
         app.include_router(router)

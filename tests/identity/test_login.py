@@ -394,6 +394,7 @@ async def test_public_config(settings: Settings, db: Database, mailer: Recording
         body = (await client.get("/api/config")).json()
     assert body == {
         "login_methods": ["email", "github"],
+        "login_buttons": [{"slug": "github", "display_name": "GitHub"}],
         "oidc_display_name": None,
         "allow_signup": False,
         "disable_workspace_creation": False,
@@ -530,3 +531,56 @@ async def test_rate_limits_are_shared_by_replicas(
         await other_db.dispose()
     assert statuses[:30] == [202] * 30
     assert statuses[30] == 429
+
+
+async def test_the_code_is_never_in_the_subject(client: httpx.AsyncClient,
+                                                mailer: RecordingMailer) -> None:
+    await client.post("/auth/send-code", json={"email": "subj@example.com"})
+    code = mailer.last_code("subj@example.com")
+    assert code not in mailer.sent[-1].subject, "subjects are logged; codes must not be"
+
+
+async def test_a_withheld_code_answers_exactly_like_a_sent_one(
+    settings: Settings, db: Database, mailer: RecordingMailer
+) -> None:
+    app = app_with(settings, db, mailer, allow_signup=False)
+    async with new_client(app) as client:
+        async with db.session() as session:
+            session.add(User(email="member@example.com", name="m"))
+            await session.commit()
+        answers = {}
+        for email in ("member@example.com", "stranger@example.com"):
+            first = await client.post("/auth/send-code", json={"email": email})
+            second = await client.post("/auth/send-code", json={"email": email})
+            answers[email] = (first.status_code, first.json(), second.status_code)
+    assert answers["member@example.com"][:2] == answers["stranger@example.com"][:2]
+    assert answers["member@example.com"][2] == answers["stranger@example.com"][2] == 429
+    assert [m.to for m in mailer.sent] == ["member@example.com"]
+
+
+async def test_mail_failure_is_a_503_problem(settings: Settings, db: Database) -> None:
+    from tests.process import free_port
+
+    broken = Settings(**{**settings.model_dump(), "smtp_host": "127.0.0.1",
+                         "smtp_port": free_port()})
+    app = create_app(broken, db=db, options=AppOptions(run_services=False))
+    async with new_client(app) as client:
+        response = await client.post("/auth/send-code", json={"email": "x@example.com"})
+    assert response.status_code == 503
+    assert response.json()["type"] == "/problems/mail-unavailable"
+    assert response.headers["retry-after"] == "60"
+
+
+async def test_admin_changes_are_audited(client: httpx.AsyncClient, db: Database) -> None:
+    from structlog.testing import capture_logs
+
+    from tests.conftest import make_person
+
+    root = await make_person(db, "root@example.com", admin=True)
+    user = await make_person(db, "user@example.com")
+    with capture_logs() as logs:
+        await client.patch(f"/api/v1/admin/users/{user.user.id}", headers=root.headers,
+                           json={"is_instance_admin": True, "is_disabled": True})
+    events = {(e["event"], e.get("user_id"), e.get("by")) for e in logs}
+    assert ("admin.user_promoted", user.user.id, root.user.id) in events
+    assert ("admin.user_disabled", user.user.id, root.user.id) in events

@@ -65,7 +65,7 @@ CLIENT_SECRET = "s3cret-never-shown-" + "z" * 12
 
 
 def mock_oidc_app() -> Any:
-    import oidc_provider_mock
+    import oidc_provider_mock  # type: ignore[import-untyped]
 
     return oidc_provider_mock.app(require_nonce=True)
 
@@ -160,8 +160,8 @@ async def count(db: Database, model: Any) -> int:
         return int(await session.scalar(select(func.count()).select_from(model)) or 0)
 
 
-async def nothing_created(db: Database) -> None:
-    assert await count(db, User) == 0
+async def nothing_created(db: Database, *, users: int = 0) -> None:
+    assert await count(db, User) == users
     assert await count(db, ExternalIdentity) == 0
     assert await count(db, UserSession) == 0
 
@@ -186,7 +186,8 @@ async def test_oidc_login_creates_the_user_identity_and_session(
         assert params["redirect_uri"] == f"{ORIGIN}/auth/oauth/oidc/callback"
         assert params["scope"].split() == ["openid", "email", "profile"]
         assert params["code_challenge_method"] == "S256"
-        assert params["nonce"] and params["state"]
+        assert params["nonce"]
+        assert params["state"]
         async with db.read_session() as session:
             pending = await session.scalar(select(OAuthState))
         assert pending is not None
@@ -208,7 +209,8 @@ async def test_oidc_login_creates_the_user_identity_and_session(
     async with db.read_session() as session:
         identity = await session.scalar(select(ExternalIdentity))
         row = await session.scalar(select(UserSession))
-    assert identity is not None and row is not None
+    assert identity is not None
+    assert row is not None
     assert (identity.provider, identity.subject) == (f"oidc:{provider.issuer}", "alice-sub")
     assert identity.user_id == me.json()["id"]
     assert row.method == "oidc"
@@ -569,8 +571,10 @@ async def test_runtime_provider_works_at_once_and_never_shows_its_secret(
         identity = await session.scalar(select(ExternalIdentity))
         row = await session.scalar(select(UserSession))
     assert CLIENT_SECRET not in str(stored), "encrypted at rest"
-    assert identity is not None and identity.provider == f"oidc:{provider.issuer}"
-    assert row is not None and row.method == "corp"
+    assert identity is not None
+    assert identity.provider == f"oidc:{provider.issuer}"
+    assert row is not None
+    assert row.method == "corp"
 
 
 async def test_deleting_a_runtime_provider_stops_its_logins(
@@ -593,7 +597,7 @@ async def test_deleting_a_runtime_provider_stops_its_logins(
         await provider.put_user("tia", email="tia@example.com", email_verified=True)
         callback = await client.get(await authorize(location, "tia"))
         assert callback.status_code == 404
-    await nothing_created(db)
+    await nothing_created(db, users=1)
     assert await count(db, OAuthState) == 0, "pending flows of the provider are dropped"
 
 
@@ -618,7 +622,7 @@ async def test_invalid_runtime_providers_are_refused(
     async with new_client(keyed_app) as client:
         response = await client.post(
             "/api/v1/admin/login-providers",
-            json=provider_body("https://sso.example.com", **changes),
+            json={**provider_body("https://sso.example.com"), **changes},
             headers=admin.headers,
         )
     assert response.status_code == status, response.text
@@ -671,16 +675,13 @@ def github() -> Iterator[tuple[FakeGitHub, Served]]:
 def github_app(
     settings: Settings, db: Database, mailer: RecordingMailer, served: Served, **overrides: Any
 ) -> FastAPI:
-    return build_app(
-        settings,
-        db,
-        mailer,
-        github_client_id="Iv1.forgehall",
-        github_client_secret=CLIENT_SECRET,
-        github_url=served.url,
-        github_api_url=f"{served.url}/api/v3",
-        **overrides,
-    )
+    github: dict[str, Any] = {
+        "github_client_id": "Iv1.forgehall",
+        "github_client_secret": CLIENT_SECRET,
+        "github_url": served.url,
+        "github_api_url": f"{served.url}/api/v3",
+    }
+    return build_app(settings, db, mailer, **{**github, **overrides})
 
 
 async def github_sign_in(client: httpx.AsyncClient, redirect_to: str = "/") -> httpx.Response:

@@ -149,6 +149,13 @@ PUBLIC_ROUTES = {
     ("POST", "/auth/logout"),
     ("GET", "/auth/oauth/{provider}/start"),
     ("GET", "/auth/oauth/{provider}/callback"),
+    ("POST", "/auth/cli/exchange"),
+    # Sign-in pages: they redirect to /login or show a form instead of answering 401.
+    ("GET", "/login"),
+    ("POST", "/login"),
+    ("POST", "/login/verify"),
+    ("GET", "/auth/cli/authorize"),
+    ("POST", "/auth/cli/authorize"),
 }
 
 

@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from forgehall.core.events import EventBus
 from forgehall.db.engine import Database
 from forgehall.settings import Settings
 
@@ -42,3 +43,11 @@ async def get_read_session(db: DatabaseDep) -> AsyncIterator[AsyncSession]:
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session)]
+
+
+def get_event_bus(request: Request) -> EventBus:
+    bus: EventBus = request.app.state.events
+    return bus
+
+
+EventBusDep = Annotated[EventBus, Depends(get_event_bus)]

@@ -67,15 +67,14 @@ class RequestContextMiddleware:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         client = scope.get("client")
+        from_proxy = is_trusted(client[0] if client else None, self.trusted)
         offered = headers.get("x-request-id", "")
-        if (
-            offered
-            and _REQUEST_ID.match(offered)
-            and is_trusted(client[0] if client else None, self.trusted)
-        ):
+        if from_proxy and offered and _REQUEST_ID.match(offered):
             request_id = offered
         else:
             request_id = uuid.uuid4().hex
+        if from_proxy:
+            self._apply_forwarded(scope, headers)
         scope.setdefault("state", {})["request_id"] = request_id
         clear_context()
         bind_context(request_id=request_id)

@@ -20,6 +20,8 @@ MODEL_MODULES: tuple[str, ...] = (
     "forgehall.db.ratelimit",
     "forgehall.identity.models",
     "forgehall.workspaces.models",
+    "forgehall.agents.models",
+    "forgehall.issues.models",
 )
 
 

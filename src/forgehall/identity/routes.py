@@ -6,10 +6,11 @@ from datetime import timedelta
 
 from fastapi import APIRouter, Request, Response
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from forgehall.core.deps import SessionDep, SettingsDep
 from forgehall.core.errors import ProblemError
-from forgehall.identity import service
+from forgehall.identity import oauth, service
 from forgehall.identity.auth import (
     SESSION_COOKIE,
     CurrentUser,
@@ -26,6 +27,7 @@ from forgehall.identity.schemas import (
     BootstrapIn,
     CliExchangeIn,
     IssuedTokenOut,
+    LoginButton,
     LoginOut,
     PublicConfig,
     RevokedCount,
@@ -46,12 +48,31 @@ router = APIRouter(prefix="/api/v1", tags=["account"])
 config_router = APIRouter(tags=["login"])
 
 
+BUILTIN_BUTTONS = {"github": "GitHub", "gitlab": "GitLab", "google": "Google"}
+
+
 def login_methods(settings: Settings) -> list[str]:
+    """Sign-in methods whose configuration is complete (id and secret, plus an issuer for
+    generic OIDC)."""
     methods = ["email"]
     for name in ("github", "gitlab", "google", "oidc"):
-        if getattr(settings, f"{name}_client_id"):
+        complete = getattr(settings, f"{name}_client_id") and getattr(
+            settings, f"{name}_client_secret"
+        )
+        if complete and (name != "oidc" or settings.oidc_issuer):
             methods.append(name)
     return methods
+
+
+async def login_buttons(session: AsyncSession, settings: Settings) -> list[LoginButton]:
+    buttons = [
+        LoginButton(slug=name, display_name=BUILTIN_BUTTONS.get(name, settings.oidc_display_name))
+        for name in login_methods(settings)[1:]
+    ]
+    for row in await oauth.list_login_providers(session):
+        if row["enabled"]:
+            buttons.append(LoginButton(slug=row["slug"], display_name=row["display_name"]))
+    return buttons
 
 
 @config_router.get(
@@ -61,6 +82,7 @@ async def read_public_config(settings: SettingsDep, session: SessionDep) -> Publ
     policy = await service.read_signup_policy(session, settings)
     return PublicConfig(
         login_methods=login_methods(settings),
+        login_buttons=await login_buttons(session, settings),
         oidc_display_name=settings.oidc_display_name if settings.oidc_client_id else None,
         allow_signup=policy.allow_signup,
         disable_workspace_creation=policy.disable_workspace_creation,
@@ -280,21 +302,13 @@ async def read_users(_: InstanceAdmin, session: SessionDep) -> list[User]:
 async def update_user(
     user_id: str, body: AdminUserPatch, admin: InstanceAdmin, session: SessionDep
 ) -> User:
-    target = await service.read_user(session, user_id)
-    if target is None:
-        raise ProblemError(404, f"user {user_id} was not found")
-    if target.id == admin.id and (body.is_instance_admin is False or body.is_disabled):
-        raise ProblemError(
-            409, "you cannot demote or disable yourself; ask another admin", type_="self-demotion"
-        )
-    if body.is_instance_admin is not None:
-        target.is_instance_admin = body.is_instance_admin
-    if body.is_disabled is not None:
-        target.is_disabled = body.is_disabled
-        if body.is_disabled:
-            await service.revoke_all_sessions(session, target)
-    await session.commit()
-    return target
+    return await service.update_user_flags(
+        session,
+        admin,
+        user_id,
+        is_instance_admin=body.is_instance_admin,
+        is_disabled=body.is_disabled,
+    )
 
 
 def _policy_out(policy: service.SignupPolicy) -> SignupPolicyOut:

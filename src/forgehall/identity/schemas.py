@@ -94,10 +94,20 @@ class BootstrapIn(BaseModel):
     token: str = Field(min_length=1, max_length=500)
 
 
+class LoginButton(BaseModel):
+    slug: str = Field(description="Start at /auth/oauth/{slug}/start")
+    display_name: str
+
+
 class PublicConfig(BaseModel):
     """What the UI needs to know before anyone signs in."""
 
     login_methods: list[str] = Field(examples=[["email", "github", "oidc"]])
+    login_buttons: list[LoginButton] = Field(
+        default_factory=list,
+        description="Every OAuth/OIDC provider, including those added "
+        "at runtime by an instance admin.",
+    )
     oidc_display_name: str | None
     allow_signup: bool
     disable_workspace_creation: bool

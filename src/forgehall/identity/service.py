@@ -197,12 +197,19 @@ async def send_login_code(
             headers={"Retry-After": str(wait)},
         )
     user = await read_user_by_email(session, email)
+    withheld = None
     if user is None and not await signup_allowed(session, settings, email):
-        # Same answer as for a real send: do not reveal which addresses may sign up.
-        log.info("login.code_withheld", reason="signup_not_allowed")
-        return
-    if user is not None and user.is_disabled:
-        log.info("login.code_withheld", reason="account_disabled")
+        withheld = "signup_not_allowed"
+    elif user is not None and user.is_disabled:
+        withheld = "account_disabled"
+    if withheld is not None:
+        # Same answer and the same trace as a real send (so the next request within a
+        # minute gets the same 429): do not reveal which addresses may sign in.
+        session.add(
+            LoginCode(email=email, code_hash="withheld", expires_at=now(), consumed_at=now())
+        )
+        await session.commit()
+        log.info("login.code_withheld", reason=withheld)
         return
     code = generate_login_code()
     secret = _code_key(settings)
@@ -220,7 +227,7 @@ async def send_login_code(
     await mailer.send(
         OutgoingMail(
             to=email,
-            subject=f"Your Forgehall login code: {code}",
+            subject="Your Forgehall login code",
             text=(
                 f"Your Forgehall login code is {code}\n\nIt is valid for 10 minutes. If you did "
                 "not ask for it, ignore this message.\n"
@@ -288,7 +295,8 @@ async def _login_user(session: AsyncSession, settings: Settings, email: str, met
             await session.commit()
             raise ProblemError(
                 403,
-                "signup is closed on this instance; ask an administrator for an invitation",
+                "signup is closed on this instance; ask an instance administrator to allow your "
+                "address",
                 type_="signup-closed",
             )
         user = User(email=email, name=email.split("@", 1)[0])
@@ -660,3 +668,43 @@ async def exchange_cli_login_code(
     if user is None or user.is_disabled:
         raise ProblemError(403, "this account is disabled", type_="account-disabled")
     return user, await create_token(session, user, kind="pat", name=name)
+
+
+async def update_user_flags(
+    session: AsyncSession,
+    admin: User,
+    user_id: str,
+    *,
+    is_instance_admin: bool | None,
+    is_disabled: bool | None,
+) -> User:
+    """Promote, demote, disable or enable an account (instance admins only; audited)."""
+    target = await session.get(User, user_id)
+    if target is None:
+        raise ProblemError(404, f"user {user_id} was not found")
+    if target.id == admin.id and (is_instance_admin is False or is_disabled):
+        raise ProblemError(
+            409, "you cannot demote or disable yourself; ask another admin", type_="self-demotion"
+        )
+    if is_instance_admin is not None and is_instance_admin != target.is_instance_admin:
+        target.is_instance_admin = is_instance_admin
+        log.info(
+            "admin.user_promoted" if is_instance_admin else "admin.user_demoted",
+            user_id=target.id,
+            by=admin.id,
+        )
+    if is_disabled is not None and is_disabled != target.is_disabled:
+        target.is_disabled = is_disabled
+        log.info(
+            "admin.user_disabled" if is_disabled else "admin.user_enabled",
+            user_id=target.id,
+            by=admin.id,
+        )
+        if is_disabled:
+            await session.execute(
+                update(UserSession)
+                .where(UserSession.user_id == target.id, UserSession.revoked_at.is_(None))
+                .values(revoked_at=now())
+            )
+    await session.commit()
+    return target

@@ -68,7 +68,10 @@ async def resolve_access(
     if found is None:
         raise ProblemError(404, f"workspace {workspace} was not found")
     if principal.kind in ("dmn", "tsk"):
-        if principal.workspace_id != found.id:
+        # A token acts for the workspace it is bound to, and only while the person who
+        # minted it is still a member there.
+        minter = await session.get(Member, (found.id, principal.user.id))
+        if principal.workspace_id != found.id or minter is None:
             raise ProblemError(404, f"workspace {workspace} was not found")
         return Access(workspace=found, principal=principal, role=Role.MEMBER, member_role=None)
     member = await session.get(Member, (found.id, principal.user.id))

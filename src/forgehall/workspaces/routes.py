@@ -12,7 +12,13 @@ from forgehall.identity import service as identity
 from forgehall.identity.auth import CurrentUser, MailerDep
 from forgehall.identity.schemas import IssuedTokenOut, TokenOut
 from forgehall.workspaces import service
-from forgehall.workspaces.access import AdminAccess, MemberAccess, OwnerAccess, Role
+from forgehall.workspaces.access import (
+    AdminAccess,
+    MemberAccess,
+    OwnerAccess,
+    Role,
+    UserMemberAccess,
+)
 from forgehall.workspaces.models import Invitation, Workspace
 from forgehall.workspaces.schemas import (
     DaemonTokenIn,
@@ -127,7 +133,7 @@ async def change_role(
     summary="Remove a member, or leave (your own id)",
     responses={409: {"description": "The last OWNER cannot leave"}},
 )
-async def remove_member(user_id: str, access: MemberAccess, session: SessionDep) -> Response:
+async def remove_member(user_id: str, access: UserMemberAccess, session: SessionDep) -> Response:
     await service.remove_member(session, access, user_id)
     return Response(status_code=204)
 

@@ -24,6 +24,7 @@ from forgehall.core.security import generate_token, hash_token
 from forgehall.identity.mail import Mailer, OutgoingMail
 from forgehall.identity.models import User
 from forgehall.identity.service import enforce_rate_limit, normalize_email, read_signup_policy
+from forgehall.issues.service import create_default_statuses
 from forgehall.settings import Settings
 from forgehall.workspaces.access import Access, Role
 from forgehall.workspaces.models import Invitation, Member, Workspace
@@ -98,6 +99,7 @@ async def create_workspace(
             409, f"a workspace with slug {workspace.slug!r} already exists", type_="slug-taken"
         ) from None
     session.add(Member(workspace_id=workspace.id, user_id=user.id, role=Role.OWNER.name))
+    await create_default_statuses(session, workspace.id)
     await session.commit()
     log.info("workspace.created", workspace_id=workspace.id, user_id=user.id)
     return workspace

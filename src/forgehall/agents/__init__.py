@@ -1,0 +1,1 @@
+"""Agents (teammates with a profile), runtimes and the task queue."""

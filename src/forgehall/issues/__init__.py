@@ -1,0 +1,1 @@
+"""The board: issues, statuses, labels, comments, mentions, dependencies, inbox, activity."""

@@ -1,0 +1,1313 @@
+"""Board rules: issues, statuses, labels, dependencies, comments, mentions, inbox, timeline.
+
+Invariants:
+- Issue numbers come from a per-workspace counter incremented atomically; a number is
+  never reused, even when the issue is deleted.
+- Every reference an issue holds (status, labels, assignee, parent, dependencies) is
+  checked to belong to the same workspace; a foreign id is refused with 422 and nothing
+  is written.
+- An update carrying a stale ``revision`` gets 409 and changes nothing.
+- Every change to an issue field is recorded in ``issue_events`` (old and new value,
+  actor, time) in the same transaction as the change.
+- Dependencies never form a cycle (422 naming it). An issue with an open blocker sits in
+  a blocked-category status; when its last blocker reaches a done-category status it
+  returns to the status it had before, and an agent assignee is woken.
+- Domain events are published only after the transaction commits.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from forgehall.agents.models import Agent
+from forgehall.core.errors import ProblemError
+from forgehall.core.events import DomainEvent, EventBus
+from forgehall.identity.models import User
+from forgehall.issues.models import (
+    PRIORITIES,
+    Comment,
+    CommentRevision,
+    Dependency,
+    Follower,
+    Issue,
+    IssueCounter,
+    IssueEvent,
+    IssueLabel,
+    Label,
+    Mention,
+    Notification,
+    Status,
+)
+from forgehall.workspaces.access import Access, Role
+from forgehall.workspaces.models import Member
+
+log = structlog.get_logger("forgehall.issues")
+
+DEFAULT_STATUSES = (
+    ("Backlog", "backlog"),
+    ("Todo", "todo"),
+    ("In Progress", "in_progress"),
+    ("In Review", "in_review"),
+    ("Done", "done"),
+    ("Blocked", "blocked"),
+    ("Cancelled", "cancelled"),
+)
+PRIORITY_ORDER = {name: index for index, name in enumerate(PRIORITIES)}
+MENTION = re.compile(r"(?<![\w@])@([A-Za-z0-9][\w.+-]*(?:@[\w-]+(?:\.[\w-]+)+)?)")
+KEY = re.compile(r"^([A-Za-z][A-Za-z0-9]*)-(\d+)$")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts: a member (user), an agent, or the system."""
+
+    user_id: str | None = None
+    agent_id: str | None = None
+
+    @classmethod
+    def of(cls, access: Access) -> Actor:
+        return cls(user_id=access.principal.user.id)
+
+
+@dataclass
+class Outbox:
+    """Events gathered during a transaction, published after it commits."""
+
+    events: list[DomainEvent] = field(default_factory=list)
+
+    def add(self, kind: str, workspace_id: str, **data: Any) -> None:
+        self.events.append(DomainEvent(kind=kind, workspace_id=workspace_id, data=data))
+
+    async def publish(self, bus: EventBus | None) -> None:
+        if bus is not None:
+            for event in self.events:
+                await bus.publish(event)
+        self.events.clear()
+
+
+# --- statuses and labels -------------------------------------------------------------
+
+
+async def create_default_statuses(session: AsyncSession, workspace_id: str) -> None:
+    """Give a new workspace the standard columns (in the caller's transaction)."""
+    for position, (name, category) in enumerate(DEFAULT_STATUSES):
+        session.add(
+            Status(workspace_id=workspace_id, name=name, category=category, position=position)
+        )
+
+
+async def list_statuses(session: AsyncSession, access: Access) -> list[Status]:
+    result = await session.execute(
+        select(Status)
+        .where(Status.workspace_id == access.workspace.id)
+        .order_by(Status.position, Status.name)
+    )
+    return list(result.scalars())
+
+
+async def create_status(
+    session: AsyncSession, access: Access, *, name: str, category: str, color: str = ""
+) -> Status:
+    access.require(Role.ADMIN)
+    _check_category(category)
+    count = await session.scalar(
+        select(func.count()).select_from(Status).where(Status.workspace_id == access.workspace.id)
+    )
+    status = Status(
+        workspace_id=access.workspace.id,
+        name=name.strip(),
+        category=category,
+        position=int(count or 0),
+        color=color,
+    )
+    session.add(status)
+    await _commit_unique(session, f"a status named {name!r} already exists")
+    return status
+
+
+def _check_category(category: str) -> None:
+    if category not in (
+        "backlog",
+        "todo",
+        "in_progress",
+        "in_review",
+        "done",
+        "blocked",
+        "cancelled",
+    ):
+        raise ProblemError(
+            422,
+            f"unknown category {category!r}; use backlog, todo, "
+            "in_progress, in_review, done, blocked or cancelled",
+            type_="invalid-category",
+        )
+
+
+async def _commit_unique(session: AsyncSession, conflict: str) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        await session.commit()
+    except IntegrityError:
+        await session.rollback()
+        raise ProblemError(409, conflict, type_="conflict") from None
+
+
+async def list_labels(session: AsyncSession, access: Access) -> list[Label]:
+    result = await session.execute(
+        select(Label).where(Label.workspace_id == access.workspace.id).order_by(Label.name)
+    )
+    return list(result.scalars())
+
+
+async def create_label(
+    session: AsyncSession, access: Access, *, name: str, color: str = ""
+) -> Label:
+    label = Label(workspace_id=access.workspace.id, name=name.strip(), color=color)
+    session.add(label)
+    await _commit_unique(session, f"a label named {name!r} already exists")
+    return label
+
+
+# --- lookups scoped to the workspace ------------------------------------------------------
+
+
+async def get_issue_or_404(session: AsyncSession, access: Access, key: str) -> Issue:
+    """Find an issue by key (``ENG-42``), number (``42``) or id, in this workspace only."""
+    match = KEY.match(key)
+    query = select(Issue).where(Issue.workspace_id == access.workspace.id)
+    if match:
+        query = query.where(Issue.number == int(match.group(2)))
+    elif key.isdigit():
+        query = query.where(Issue.number == int(key))
+    else:
+        query = query.where(Issue.id == key)
+    issue = await session.scalar(query)
+    if issue is None:
+        raise ProblemError(404, f"issue {key} was not found")
+    return issue
+
+
+def issue_key(access: Access, issue: Issue) -> str:
+    return f"{access.workspace.key_prefix}-{issue.number}"
+
+
+async def _status_in(session: AsyncSession, access: Access, status_id: str) -> Status:
+    status = await session.get(Status, status_id)
+    if status is None or status.workspace_id != access.workspace.id:
+        raise ProblemError(
+            422,
+            f"status {status_id} is not a status of this workspace",
+            type_="invalid-reference",
+            field="status_id",
+        )
+    return status
+
+
+async def _status_by_category(
+    session: AsyncSession, workspace_id: str, category: str
+) -> Status | None:
+    return await session.scalar(
+        select(Status)
+        .where(Status.workspace_id == workspace_id, Status.category == category)
+        .order_by(Status.position)
+        .limit(1)
+    )
+
+
+async def _labels_in(session: AsyncSession, access: Access, label_ids: list[str]) -> list[str]:
+    if not label_ids:
+        return []
+    found = set(
+        (
+            await session.execute(
+                select(Label.id).where(
+                    Label.workspace_id == access.workspace.id, Label.id.in_(label_ids)
+                )
+            )
+        ).scalars()
+    )
+    missing = [label for label in label_ids if label not in found]
+    if missing:
+        raise ProblemError(
+            422,
+            f"labels {', '.join(missing)} are not labels of this workspace",
+            type_="invalid-reference",
+            field="label_ids",
+        )
+    return list(dict.fromkeys(label_ids))
+
+
+async def _assignee_in(
+    session: AsyncSession, access: Access, assignee: AssigneeRef | None
+) -> tuple[str | None, str | None]:
+    if assignee is None:
+        return None, None
+    if assignee.kind == "member":
+        if await session.get(Member, (access.workspace.id, assignee.id)) is None:
+            raise ProblemError(
+                422,
+                f"user {assignee.id} is not a member of this workspace",
+                type_="invalid-reference",
+                field="assignee",
+            )
+        return assignee.id, None
+    agent = await session.get(Agent, assignee.id)
+    if agent is None or agent.workspace_id != access.workspace.id or agent.archived_at:
+        raise ProblemError(
+            422,
+            f"agent {assignee.id} is not an agent of this workspace",
+            type_="invalid-reference",
+            field="assignee",
+        )
+    return None, agent.id
+
+
+@dataclass(frozen=True)
+class AssigneeRef:
+    kind: str  # "member" | "agent"
+    id: str
+
+
+async def _parent_in(
+    session: AsyncSession, access: Access, parent_key: str, child: Issue | None
+) -> Issue:
+    try:
+        parent = await get_issue_or_404(session, access, parent_key)
+    except ProblemError:
+        raise ProblemError(
+            422,
+            f"parent {parent_key} is not an issue of this workspace",
+            type_="invalid-reference",
+            field="parent",
+        ) from None
+    if child is not None:
+        cursor: Issue | None = parent
+        while cursor is not None:
+            if cursor.id == child.id:
+                raise ProblemError(
+                    422,
+                    f"{parent_key} is a sub-issue of this issue; an "
+                    "issue cannot be its own ancestor",
+                    type_="parent-cycle",
+                )
+            cursor = await session.get(Issue, cursor.parent_id) if cursor.parent_id else None
+    return parent
+
+
+# --- creating and updating -------------------------------------------------------------
+
+
+@dataclass
+class IssueInput:
+    title: str
+    description: str = ""
+    status_id: str | None = None
+    priority: str = "none"
+    label_ids: list[str] = field(default_factory=list)
+    assignee: AssigneeRef | None = None
+    parent: str | None = None
+    due_date: date | None = None
+    position: float | None = None
+
+
+async def _next_number(session: AsyncSession, workspace_id: str) -> int:
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    upsert = (
+        insert(IssueCounter)
+        .values(workspace_id=workspace_id, last_number=1)
+        .on_conflict_do_update(
+            index_elements=[IssueCounter.workspace_id],
+            set_={"last_number": IssueCounter.last_number + 1},
+        )
+        .returning(IssueCounter.last_number)
+    )
+    return int((await session.execute(upsert)).scalar_one())
+
+
+async def create_issue(
+    session: AsyncSession, access: Access, data: IssueInput, outbox: Outbox
+) -> Issue:
+    actor = Actor.of(access)
+    if data.priority not in PRIORITY_ORDER:
+        raise ProblemError(422, f"unknown priority {data.priority!r}", type_="invalid-priority")
+    if data.status_id is not None:
+        status = await _status_in(session, access, data.status_id)
+    else:
+        found = await _status_by_category(session, access.workspace.id, "todo")
+        if found is None:
+            raise ProblemError(
+                409, "this workspace has no todo-category status; create one", type_="no-status"
+            )
+        status = found
+    labels = await _labels_in(session, access, data.label_ids)
+    assignee_user, assignee_agent = await _assignee_in(session, access, data.assignee)
+    parent = await _parent_in(session, access, data.parent, None) if data.parent else None
+    number = await _next_number(session, access.workspace.id)
+    position = data.position
+    if position is None:
+        last = await session.scalar(
+            select(func.max(Issue.position)).where(
+                Issue.workspace_id == access.workspace.id, Issue.status_id == status.id
+            )
+        )
+        position = float(last or 0) + 1024.0
+    issue = Issue(
+        workspace_id=access.workspace.id,
+        number=number,
+        title=data.title.strip(),
+        description=data.description,
+        status_id=status.id,
+        priority=data.priority,
+        assignee_user_id=assignee_user,
+        assignee_agent_id=assignee_agent,
+        creator_user_id=actor.user_id,
+        creator_agent_id=actor.agent_id,
+        parent_id=parent.id if parent else None,
+        due_date=data.due_date,
+        position=position,
+    )
+    session.add(issue)
+    await session.flush()
+    for label_id in labels:
+        session.add(IssueLabel(issue_id=issue.id, label_id=label_id))
+    _record(session, issue, actor, "created", None, issue_key(access, issue))
+    if actor.user_id:
+        await _follow(session, issue, actor.user_id, "creator")
+    if assignee_user:
+        await _follow(session, issue, assignee_user, "assignee")
+        await _notify(
+            session,
+            issue,
+            assignee_user,
+            "assigned",
+            actor,
+            f"{issue_key(access, issue)} was assigned to you",
+        )
+    await session.commit()
+    outbox.add("issue.created", access.workspace.id, issue_id=issue.id, number=issue.number)
+    if assignee_agent and status.category != "backlog":
+        outbox.add(
+            "agent.assigned", access.workspace.id, issue_id=issue.id, agent_id=assignee_agent
+        )
+    log.info("issue.created", issue_id=issue.id, workspace_id=access.workspace.id)
+    return issue
+
+
+UNSET: Any = object()
+
+
+@dataclass
+class IssuePatch:
+    revision: int
+    title: Any = UNSET
+    description: Any = UNSET
+    status_id: Any = UNSET
+    priority: Any = UNSET
+    label_ids: Any = UNSET
+    assignee: Any = UNSET  # AssigneeRef | None
+    parent: Any = UNSET  # key | None
+    due_date: Any = UNSET
+    position: Any = UNSET
+
+
+async def update_issue(
+    session: AsyncSession, access: Access, key: str, patch: IssuePatch, outbox: Outbox
+) -> Issue:
+    issue = await get_issue_or_404(session, access, key)
+    if patch.revision != issue.revision:
+        raise ProblemError(
+            409,
+            f"issue {key} changed since revision {patch.revision} (now "
+            f"{issue.revision}); reload and try again",
+            type_="stale-revision",
+            current_revision=issue.revision,
+        )
+    actor = Actor.of(access)
+    changed: list[str] = []
+
+    def change(name: str, old: Any, new: Any) -> None:
+        if old != new:
+            setattr(issue, name, new)
+            _record(session, issue, actor, name, _text(old), _text(new))
+            changed.append(name)
+
+    if patch.title is not UNSET:
+        change("title", issue.title, str(patch.title).strip())
+    if patch.description is not UNSET:
+        change("description", issue.description, patch.description)
+    if patch.priority is not UNSET:
+        if patch.priority not in PRIORITY_ORDER:
+            raise ProblemError(
+                422, f"unknown priority {patch.priority!r}", type_="invalid-priority"
+            )
+        change("priority", issue.priority, patch.priority)
+    if patch.due_date is not UNSET:
+        change("due_date", issue.due_date, patch.due_date)
+    if patch.position is not UNSET:
+        change("position", issue.position, float(patch.position))
+    if patch.parent is not UNSET:
+        parent = await _parent_in(session, access, patch.parent, issue) if patch.parent else None
+        change("parent_id", issue.parent_id, parent.id if parent else None)
+    old_status = await session.get(Status, issue.status_id)
+    assert old_status is not None
+    new_status = old_status
+    if patch.status_id is not UNSET:
+        new_status = await _status_in(session, access, patch.status_id)
+        change("status_id", issue.status_id, new_status.id)
+    if patch.label_ids is not UNSET:
+        labels = await _labels_in(session, access, list(patch.label_ids))
+        current = set(
+            (
+                await session.execute(
+                    select(IssueLabel.label_id).where(IssueLabel.issue_id == issue.id)
+                )
+            ).scalars()
+        )
+        if set(labels) != current:
+            await session.execute(delete(IssueLabel).where(IssueLabel.issue_id == issue.id))
+            for label_id in labels:
+                session.add(IssueLabel(issue_id=issue.id, label_id=label_id))
+            _record(
+                session, issue, actor, "labels", ",".join(sorted(current)), ",".join(sorted(labels))
+            )
+            changed.append("labels")
+    newly_assigned_agent = None
+    told: set[str] = set()  # notified of this update already (e.g. assigned)
+    if patch.assignee is not UNSET:
+        user_id, agent_id = await _assignee_in(session, access, patch.assignee)
+        before = _assignee_text(issue.assignee_user_id, issue.assignee_agent_id)
+        after = _assignee_text(user_id, agent_id)
+        if before != after:
+            issue.assignee_user_id, issue.assignee_agent_id = user_id, agent_id
+            _record(session, issue, actor, "assignee", before, after)
+            changed.append("assignee")
+            if user_id:
+                await _follow(session, issue, user_id, "assignee")
+                told.add(user_id)
+                await _notify(
+                    session,
+                    issue,
+                    user_id,
+                    "assigned",
+                    actor,
+                    f"{issue_key(access, issue)} was assigned to you",
+                )
+            newly_assigned_agent = agent_id
+    if not changed:
+        return issue
+    issue.revision += 1
+    issue.updated_at = now()
+    if "status_id" in changed:
+        await _notify_followers(
+            session,
+            access,
+            issue,
+            actor,
+            "status_changed",
+            f"{issue_key(access, issue)} moved to {new_status.name}",
+            skip=told,
+        )
+    await session.flush()
+    wakes: list[str] = []
+    if "status_id" in changed and new_status.category == "done":
+        wakes = await _release_dependents(session, access, issue, actor, outbox)
+    await session.commit()
+    outbox.add(
+        "issue.updated",
+        access.workspace.id,
+        issue_id=issue.id,
+        fields=changed,
+        revision=issue.revision,
+    )
+    agent = newly_assigned_agent or (
+        issue.assignee_agent_id
+        if "status_id" in changed and old_status.category == "backlog"
+        else None
+    )
+    if agent and new_status.category not in ("backlog", "done", "cancelled"):
+        outbox.add("agent.assigned", access.workspace.id, issue_id=issue.id, agent_id=agent)
+    for issue_id in wakes:
+        outbox.add("issue.unblocked", access.workspace.id, issue_id=issue_id)
+    return issue
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, date | datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def _assignee_text(user_id: str | None, agent_id: str | None) -> str | None:
+    if user_id:
+        return f"member:{user_id}"
+    if agent_id:
+        return f"agent:{agent_id}"
+    return None
+
+
+def _record(
+    session: AsyncSession, issue: Issue, actor: Actor, name: str, old: str | None, new: str | None
+) -> None:
+    session.add(
+        IssueEvent(
+            workspace_id=issue.workspace_id,
+            issue_id=issue.id,
+            actor_user_id=actor.user_id,
+            actor_agent_id=actor.agent_id,
+            field=name,
+            old_value=old,
+            new_value=new,
+        )
+    )
+
+
+# --- followers and notifications -----------------------------------------------------------
+
+
+async def _follow(session: AsyncSession, issue: Issue, user_id: str, reason: str) -> None:
+    if await session.get(Follower, (issue.id, user_id)) is None:
+        session.add(Follower(issue_id=issue.id, user_id=user_id, reason=reason))
+        await session.flush()
+
+
+async def follow(session: AsyncSession, access: Access, key: str, on: bool) -> None:
+    issue = await get_issue_or_404(session, access, key)
+    user_id = access.principal.user.id
+    if on:
+        await _follow(session, issue, user_id, "explicit")
+    else:
+        await session.execute(
+            delete(Follower).where(Follower.issue_id == issue.id, Follower.user_id == user_id)
+        )
+    await session.commit()
+
+
+async def _notify(
+    session: AsyncSession,
+    issue: Issue,
+    user_id: str,
+    kind: str,
+    actor: Actor,
+    summary: str,
+    comment_id: str | None = None,
+) -> None:
+    if user_id == actor.user_id:
+        return  # nobody is notified of their own action
+    session.add(
+        Notification(
+            workspace_id=issue.workspace_id,
+            user_id=user_id,
+            issue_id=issue.id,
+            comment_id=comment_id,
+            kind=kind,
+            actor_user_id=actor.user_id,
+            actor_agent_id=actor.agent_id,
+            summary=summary[:500],
+        )
+    )
+
+
+async def _notify_followers(
+    session: AsyncSession,
+    access: Access,
+    issue: Issue,
+    actor: Actor,
+    kind: str,
+    summary: str,
+    comment_id: str | None = None,
+    skip: set[str] | None = None,
+) -> None:
+    followers = (
+        await session.execute(select(Follower.user_id).where(Follower.issue_id == issue.id))
+    ).scalars()
+    for user_id in followers:
+        if user_id not in (skip or set()):
+            await _notify(session, issue, user_id, kind, actor, summary, comment_id)
+
+
+async def list_notifications(
+    session: AsyncSession, access: Access, *, unread_only: bool, archived: bool, limit: int
+) -> list[Notification]:
+    query = select(Notification).where(
+        Notification.workspace_id == access.workspace.id,
+        Notification.user_id == access.principal.user.id,
+    )
+    query = query.where(
+        Notification.archived_at.is_not(None) if archived else Notification.archived_at.is_(None)
+    )
+    if unread_only:
+        query = query.where(Notification.read_at.is_(None))
+    result = await session.execute(
+        query.order_by(Notification.created_at.desc(), Notification.id).limit(limit)
+    )
+    return list(result.scalars())
+
+
+async def unread_count(session: AsyncSession, access: Access) -> int:
+    return int(
+        await session.scalar(
+            select(func.count())
+            .select_from(Notification)
+            .where(
+                Notification.workspace_id == access.workspace.id,
+                Notification.user_id == access.principal.user.id,
+                Notification.read_at.is_(None),
+                Notification.archived_at.is_(None),
+            )
+        )
+        or 0
+    )
+
+
+async def mark_notification(
+    session: AsyncSession,
+    access: Access,
+    notification_id: str,
+    *,
+    read: bool | None,
+    archived: bool | None,
+) -> Notification:
+    row = await session.get(Notification, notification_id)
+    if (
+        row is None
+        or row.user_id != access.principal.user.id
+        or row.workspace_id != access.workspace.id
+    ):
+        raise ProblemError(404, f"notification {notification_id} was not found")
+    if read is not None:
+        row.read_at = now() if read else None
+    if archived is not None:
+        row.archived_at = now() if archived else None
+    await session.commit()
+    return row
+
+
+# --- dependencies ---------------------------------------------------------------------------
+
+
+async def add_dependency(
+    session: AsyncSession, access: Access, blocker_key: str, blocked_key: str, outbox: Outbox
+) -> None:
+    blocker = await get_issue_or_404(session, access, blocker_key)
+    blocked = await get_issue_or_404(session, access, blocked_key)
+    if blocker.id == blocked.id:
+        raise ProblemError(422, "an issue cannot block itself", type_="dependency-cycle")
+    cycle = await _find_path(session, access.workspace.id, blocked.id, blocker.id)
+    if cycle:
+        keys = [
+            f"{access.workspace.key_prefix}-{n}"
+            for n in await _numbers(session, [blocker.id, *cycle])
+        ]
+        raise ProblemError(
+            422,
+            f"this dependency would close a cycle: {' -> '.join(keys)}",
+            type_="dependency-cycle",
+            cycle=keys,
+        )
+    if await session.get(Dependency, (blocker.id, blocked.id)) is not None:
+        return
+    session.add(
+        Dependency(blocker_id=blocker.id, blocked_id=blocked.id, workspace_id=access.workspace.id)
+    )
+    actor = Actor.of(access)
+    _record(session, blocked, actor, "blocked_by", None, issue_key(access, blocker))
+    blocker_status = await session.get(Status, blocker.status_id)
+    blocked_status = await session.get(Status, blocked.status_id)
+    assert blocker_status is not None
+    assert blocked_status is not None
+    if blocker_status.category not in ("done", "cancelled") and blocked_status.category not in (
+        "done",
+        "cancelled",
+        "blocked",
+    ):
+        target = await _status_by_category(session, access.workspace.id, "blocked")
+        if target is not None:
+            _record(session, blocked, actor, "status_id", blocked.status_id, target.id)
+            blocked.status_id = target.id
+            blocked.revision += 1
+            blocked.updated_at = now()
+    await session.commit()
+    outbox.add(
+        "issue.updated",
+        access.workspace.id,
+        issue_id=blocked.id,
+        fields=["dependencies"],
+        revision=blocked.revision,
+    )
+
+
+async def remove_dependency(
+    session: AsyncSession, access: Access, blocker_key: str, blocked_key: str, outbox: Outbox
+) -> None:
+    blocker = await get_issue_or_404(session, access, blocker_key)
+    blocked = await get_issue_or_404(session, access, blocked_key)
+    row = await session.get(Dependency, (blocker.id, blocked.id))
+    if row is None:
+        raise ProblemError(404, f"{blocker_key} does not block {blocked_key}")
+    await session.delete(row)
+    actor = Actor.of(access)
+    _record(session, blocked, actor, "blocked_by", issue_key(access, blocker), None)
+    await session.flush()
+    wakes = await _maybe_unblock(session, access, blocked, actor)
+    await session.commit()
+    outbox.add(
+        "issue.updated",
+        access.workspace.id,
+        issue_id=blocked.id,
+        fields=["dependencies"],
+        revision=blocked.revision,
+    )
+    for issue_id in wakes:
+        outbox.add("issue.unblocked", access.workspace.id, issue_id=issue_id)
+
+
+async def _find_path(
+    session: AsyncSession, workspace_id: str, start: str, goal: str
+) -> list[str] | None:
+    """A path start -> … -> goal following "blocks" edges, if one exists."""
+    edges: dict[str, list[str]] = {}
+    rows = await session.execute(
+        select(Dependency.blocker_id, Dependency.blocked_id).where(
+            Dependency.workspace_id == workspace_id
+        )
+    )
+    for blocker_id, blocked_id in rows.all():
+        edges.setdefault(blocker_id, []).append(blocked_id)
+    previous: dict[str, str | None] = {start: None}
+    frontier = [start]
+    while frontier:
+        node = frontier.pop()
+        if node == goal:
+            path = [node]
+            while previous[path[-1]] is not None:
+                path.append(previous[path[-1]])  # type: ignore[arg-type]
+            return list(reversed(path))
+        for nxt in edges.get(node, []):
+            if nxt not in previous:
+                previous[nxt] = node
+                frontier.append(nxt)
+    return None
+
+
+async def _numbers(session: AsyncSession, ids: list[str]) -> list[int]:
+    rows = dict(
+        (await session.execute(select(Issue.id, Issue.number).where(Issue.id.in_(ids)))).all()
+    )
+    return [rows[i] for i in ids]
+
+
+async def _release_dependents(
+    session: AsyncSession, access: Access, done: Issue, actor: Actor, outbox: Outbox
+) -> list[str]:
+    dependents = (
+        (
+            await session.execute(
+                select(Issue)
+                .join(Dependency, Dependency.blocked_id == Issue.id)
+                .where(Dependency.blocker_id == done.id)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    woken: list[str] = []
+    for dependent in dependents:
+        woken += await _maybe_unblock(session, access, dependent, actor)
+    return woken
+
+
+async def _maybe_unblock(
+    session: AsyncSession, access: Access, issue: Issue, actor: Actor
+) -> list[str]:
+    """Leave the blocked column once no open blocker remains; return woken issue ids."""
+    status = await session.get(Status, issue.status_id)
+    if status is None or status.category != "blocked":
+        return []
+    open_blockers = await session.scalar(
+        select(func.count())
+        .select_from(Dependency)
+        .join(Issue, Issue.id == Dependency.blocker_id)
+        .join(Status, Status.id == Issue.status_id)
+        .where(Dependency.blocked_id == issue.id, Status.category.not_in(("done", "cancelled")))
+    )
+    if open_blockers:
+        return []
+    previous_id = await session.scalar(
+        select(IssueEvent.old_value)
+        .where(
+            IssueEvent.issue_id == issue.id,
+            IssueEvent.field == "status_id",
+            IssueEvent.new_value == issue.status_id,
+        )
+        .order_by(IssueEvent.id.desc())
+        .limit(1)
+    )
+    target = await session.get(Status, previous_id) if previous_id else None
+    if target is None or target.category == "blocked" or target.workspace_id != issue.workspace_id:
+        target = await _status_by_category(session, issue.workspace_id, "todo")
+    if target is None:
+        return []
+    _record(session, issue, actor, "status_id", issue.status_id, target.id)
+    issue.status_id = target.id
+    issue.revision += 1
+    issue.updated_at = now()
+    await _notify_followers(
+        session, access, issue, actor, "status_changed", f"{issue_key(access, issue)} is unblocked"
+    )
+    return [issue.id] if issue.assignee_agent_id else []
+
+
+async def list_dependencies(
+    session: AsyncSession, access: Access, key: str
+) -> tuple[list[Issue], list[Issue]]:
+    """(blocked_by, blocks) of an issue."""
+    issue = await get_issue_or_404(session, access, key)
+    blocked_by = (
+        (
+            await session.execute(
+                select(Issue)
+                .join(Dependency, Dependency.blocker_id == Issue.id)
+                .where(Dependency.blocked_id == issue.id)
+                .order_by(Issue.number)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    blocks = (
+        (
+            await session.execute(
+                select(Issue)
+                .join(Dependency, Dependency.blocked_id == Issue.id)
+                .where(Dependency.blocker_id == issue.id)
+                .order_by(Issue.number)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    return list(blocked_by), list(blocks)
+
+
+# --- comments and mentions ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MentionTargets:
+    user_ids: list[str]
+    agent_ids: list[str]
+
+
+async def resolve_mentions(
+    session: AsyncSession, access: Access, body: str, explicit: list[AssigneeRef]
+) -> MentionTargets:
+    """Structured mentions: the explicit list plus ``@email``/``@name`` handles in the text
+    that name a member or agent of this workspace (unknown handles are plain text)."""
+    users: dict[str, None] = {}
+    agents: dict[str, None] = {}
+    for ref in explicit:
+        user_id, agent_id = await _assignee_in(session, access, ref)
+        if user_id:
+            users[user_id] = None
+        if agent_id:
+            agents[agent_id] = None
+    handles = {h.lower() for h in MENTION.findall(body)}
+    if handles:
+        members = await session.execute(
+            select(User.id, User.email, User.name)
+            .join(Member, Member.user_id == User.id)
+            .where(Member.workspace_id == access.workspace.id)
+        )
+        for user_id, email, name in members.all():
+            if {email.lower(), email.split("@")[0].lower(), name.lower()} & handles:
+                users[user_id] = None
+        workspace_agents = await session.execute(
+            select(Agent.id, Agent.name).where(
+                Agent.workspace_id == access.workspace.id, Agent.archived_at.is_(None)
+            )
+        )
+        for agent_id, name in workspace_agents.all():
+            if name.lower() in handles:
+                agents[agent_id] = None
+    return MentionTargets(user_ids=list(users), agent_ids=list(agents))
+
+
+async def add_comment(
+    session: AsyncSession,
+    access: Access,
+    key: str,
+    *,
+    body: str,
+    parent_id: str | None,
+    mentions: list[AssigneeRef],
+    outbox: Outbox,
+) -> Comment:
+    issue = await get_issue_or_404(session, access, key)
+    if parent_id is not None:
+        parent = await session.get(Comment, parent_id)
+        if parent is None or parent.issue_id != issue.id:
+            raise ProblemError(
+                422,
+                f"comment {parent_id} is not a comment on {key}",
+                type_="invalid-reference",
+                field="parent_id",
+            )
+    actor = Actor.of(access)
+    targets = await resolve_mentions(session, access, body, mentions)
+    comment = Comment(
+        workspace_id=access.workspace.id,
+        issue_id=issue.id,
+        parent_id=parent_id,
+        author_user_id=actor.user_id,
+        author_agent_id=actor.agent_id,
+        body=body,
+    )
+    session.add(comment)
+    await session.flush()
+    await _store_mentions(session, access, issue, comment, targets, actor)
+    skip = set(targets.user_ids)
+    await _notify_followers(
+        session,
+        access,
+        issue,
+        actor,
+        "commented",
+        f"New comment on {issue_key(access, issue)}",
+        comment.id,
+        skip,
+    )
+    if actor.user_id:
+        await _follow(session, issue, actor.user_id, "commenter")
+    issue.updated_at = now()
+    await session.commit()
+    outbox.add("comment.created", access.workspace.id, issue_id=issue.id, comment_id=comment.id)
+    for agent_id in targets.agent_ids:
+        outbox.add(
+            "agent.mentioned",
+            access.workspace.id,
+            issue_id=issue.id,
+            agent_id=agent_id,
+            comment_id=comment.id,
+        )
+    if issue.assignee_agent_id and issue.assignee_agent_id not in targets.agent_ids:
+        outbox.add(
+            "agent.commented",
+            access.workspace.id,
+            issue_id=issue.id,
+            agent_id=issue.assignee_agent_id,
+            comment_id=comment.id,
+        )
+    return comment
+
+
+async def _store_mentions(
+    session: AsyncSession,
+    access: Access,
+    issue: Issue,
+    comment: Comment,
+    targets: MentionTargets,
+    actor: Actor,
+) -> None:
+    for user_id in targets.user_ids:
+        session.add(
+            Mention(
+                workspace_id=access.workspace.id,
+                issue_id=issue.id,
+                comment_id=comment.id,
+                target_user_id=user_id,
+            )
+        )
+        await _follow(session, issue, user_id, "mentioned")
+        await _notify(
+            session,
+            issue,
+            user_id,
+            "mentioned",
+            actor,
+            f"You were mentioned on {issue_key(access, issue)}",
+            comment.id,
+        )
+    for agent_id in targets.agent_ids:
+        session.add(
+            Mention(
+                workspace_id=access.workspace.id,
+                issue_id=issue.id,
+                comment_id=comment.id,
+                target_agent_id=agent_id,
+            )
+        )
+
+
+async def _comment_or_404(session: AsyncSession, access: Access, comment_id: str) -> Comment:
+    comment = await session.get(Comment, comment_id)
+    if comment is None or comment.workspace_id != access.workspace.id or comment.deleted_at:
+        raise ProblemError(404, f"comment {comment_id} was not found")
+    return comment
+
+
+async def edit_comment(
+    session: AsyncSession, access: Access, comment_id: str, body: str, outbox: Outbox
+) -> Comment:
+    comment = await _comment_or_404(session, access, comment_id)
+    if comment.author_user_id != access.principal.user.id:
+        raise ProblemError(403, "only the author can edit a comment", type_="forbidden")
+    if body == comment.body:
+        return comment
+    session.add(
+        CommentRevision(
+            comment_id=comment.id, body=comment.body, editor_user_id=access.principal.user.id
+        )
+    )
+    known = set(
+        (
+            await session.execute(
+                select(Mention.target_user_id).where(Mention.comment_id == comment.id)
+            )
+        ).scalars()
+    )
+    known_agents = set(
+        (
+            await session.execute(
+                select(Mention.target_agent_id).where(Mention.comment_id == comment.id)
+            )
+        ).scalars()
+    )
+    comment.body, comment.updated_at = body, now()
+    issue = await session.get(Issue, comment.issue_id)
+    assert issue is not None
+    targets = await resolve_mentions(session, access, body, [])
+    fresh = MentionTargets(
+        user_ids=[u for u in targets.user_ids if u not in known],
+        agent_ids=[a for a in targets.agent_ids if a not in known_agents],
+    )
+    await _store_mentions(session, access, issue, comment, fresh, Actor.of(access))
+    await session.commit()
+    outbox.add("comment.updated", access.workspace.id, issue_id=issue.id, comment_id=comment.id)
+    for agent_id in fresh.agent_ids:
+        outbox.add(
+            "agent.mentioned",
+            access.workspace.id,
+            issue_id=issue.id,
+            agent_id=agent_id,
+            comment_id=comment.id,
+        )
+    return comment
+
+
+async def delete_comment(
+    session: AsyncSession, access: Access, comment_id: str, outbox: Outbox
+) -> None:
+    comment = await _comment_or_404(session, access, comment_id)
+    if comment.author_user_id != access.principal.user.id:
+        access.require(Role.ADMIN)
+    comment.deleted_at = now()
+    await session.commit()
+    outbox.add(
+        "comment.deleted", access.workspace.id, issue_id=comment.issue_id, comment_id=comment.id
+    )
+
+
+async def list_comments(session: AsyncSession, access: Access, key: str) -> list[Comment]:
+    issue = await get_issue_or_404(session, access, key)
+    result = await session.execute(
+        select(Comment)
+        .where(Comment.issue_id == issue.id, Comment.deleted_at.is_(None))
+        .order_by(Comment.created_at, Comment.id)
+    )
+    return list(result.scalars())
+
+
+async def comment_history(
+    session: AsyncSession, access: Access, comment_id: str
+) -> list[CommentRevision]:
+    comment = await _comment_or_404(session, access, comment_id)
+    result = await session.execute(
+        select(CommentRevision)
+        .where(CommentRevision.comment_id == comment.id)
+        .order_by(CommentRevision.id)
+    )
+    return list(result.scalars())
+
+
+async def timeline(session: AsyncSession, access: Access, key: str) -> list[IssueEvent]:
+    issue = await get_issue_or_404(session, access, key)
+    result = await session.execute(
+        select(IssueEvent).where(IssueEvent.issue_id == issue.id).order_by(IssueEvent.id)
+    )
+    return list(result.scalars())
+
+
+async def issue_labels(session: AsyncSession, issue_ids: list[str]) -> dict[str, list[str]]:
+    labels: dict[str, list[str]] = {i: [] for i in issue_ids}
+    if issue_ids:
+        rows = await session.execute(
+            select(IssueLabel.issue_id, IssueLabel.label_id).where(
+                IssueLabel.issue_id.in_(issue_ids)
+            )
+        )
+        for issue_id, label_id in rows.all():
+            labels[issue_id].append(label_id)
+    return labels
+
+
+async def sub_issue_progress(session: AsyncSession, issue: Issue) -> tuple[int, int]:
+    """(done, total) of an issue's direct sub-issues."""
+    rows = await session.execute(
+        select(Status.category, func.count())
+        .join(Issue, Issue.status_id == Status.id)
+        .where(Issue.parent_id == issue.id)
+        .group_by(Status.category)
+    )
+    counts = dict(rows.all())
+    return int(counts.get("done", 0)), int(sum(counts.values()))
+
+
+# --- listing -------------------------------------------------------------------------------
+
+
+@dataclass
+class IssueFilter:
+    status_ids: list[str] = field(default_factory=list)
+    categories: list[str] = field(default_factory=list)
+    assignee: str | None = None  # "me", "none", "member:<id>", "agent:<id>"
+    label_ids: list[str] = field(default_factory=list)
+    priorities: list[str] = field(default_factory=list)
+    parent: str | None = None
+    text: str | None = None
+    sort: str = "position"
+    limit: int = 50
+    cursor: str | None = None
+
+
+SORTS = {
+    "position": Issue.position,
+    "created": Issue.created_at,
+    "updated": Issue.updated_at,
+    "number": Issue.number,
+    "due": Issue.due_date,
+}
+
+
+async def list_issues(
+    session: AsyncSession, access: Access, f: IssueFilter
+) -> tuple[list[Issue], str | None]:
+    """A filtered, sorted page; returns the issues and the cursor of the next page."""
+    query = select(Issue).where(Issue.workspace_id == access.workspace.id)
+    if f.status_ids:
+        query = query.where(Issue.status_id.in_(f.status_ids))
+    if f.categories:
+        query = query.where(
+            Issue.status_id.in_(
+                select(Status.id).where(
+                    Status.workspace_id == access.workspace.id, Status.category.in_(f.categories)
+                )
+            )
+        )
+    if f.assignee:
+        query = query.where(_assignee_clause(access, f.assignee))
+    for label_id in f.label_ids:
+        query = query.where(
+            Issue.id.in_(select(IssueLabel.issue_id).where(IssueLabel.label_id == label_id))
+        )
+    if f.priorities:
+        query = query.where(Issue.priority.in_(f.priorities))
+    if f.parent:
+        parent = await get_issue_or_404(session, access, f.parent)
+        query = query.where(Issue.parent_id == parent.id)
+    if f.text:
+        pattern = f"%{f.text.lower()}%"
+        query = query.where(
+            or_(func.lower(Issue.title).like(pattern), func.lower(Issue.description).like(pattern))
+        )
+    if f.sort.lstrip("-") not in SORTS:
+        raise ProblemError(
+            422,
+            f"unknown sort {f.sort!r}; use one of {', '.join(SORTS)} (prefix - for descending)",
+            type_="invalid-sort",
+        )
+    descending = f.sort.startswith("-")
+    column = SORTS[f.sort.lstrip("-")]
+    if f.cursor:
+        value, last_id = _decode_cursor(f.cursor)
+        typed = _cursor_value(f.sort.lstrip("-"), value)
+        if descending:
+            query = query.where(or_(column < typed, and_(column == typed, Issue.id > last_id)))
+        else:
+            query = query.where(or_(column > typed, and_(column == typed, Issue.id > last_id)))
+    query = query.order_by(column.desc() if descending else column.asc(), Issue.id)
+    rows = list((await session.execute(query.limit(f.limit + 1))).scalars())
+    next_cursor = None
+    if len(rows) > f.limit:
+        rows = rows[: f.limit]
+        last = rows[-1]
+        next_cursor = _encode_cursor(getattr(last, column.key), last.id)
+    return rows, next_cursor
+
+
+def _assignee_clause(access: Access, value: str) -> Any:
+    if value == "me":
+        return Issue.assignee_user_id == access.principal.user.id
+    if value == "none":
+        return and_(Issue.assignee_user_id.is_(None), Issue.assignee_agent_id.is_(None))
+    kind, _, ident = value.partition(":")
+    if kind == "member" and ident:
+        return Issue.assignee_user_id == ident
+    if kind == "agent" and ident:
+        return Issue.assignee_agent_id == ident
+    raise ProblemError(
+        422,
+        f"assignee filter {value!r} must be me, none, member:<id> or agent:<id>",
+        type_="invalid-filter",
+    )
+
+
+def _encode_cursor(value: Any, issue_id: str) -> str:
+    raw = json.dumps([_text(value), issue_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[str | None, str]:
+    try:
+        value, issue_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return value, str(issue_id)
+    except (ValueError, TypeError):
+        raise ProblemError(
+            422, "the cursor is malformed; start again without it", type_="invalid-cursor"
+        ) from None
+
+
+def _cursor_value(sort: str, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        if sort == "position":
+            return float(value)
+        if sort == "number":
+            return int(value)
+        if sort in ("created", "updated"):
+            return datetime.fromisoformat(value)
+        if sort == "due":
+            return date.fromisoformat(value)
+    except ValueError:
+        raise ProblemError(
+            422, "the cursor is malformed; start again without it", type_="invalid-cursor"
+        ) from None
+    return value

@@ -1,0 +1,409 @@
+"""The board through the HTTP API: issues, statuses, labels, dependencies, comments,
+mentions, inbox and timeline — including the unhappy paths."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import func, select
+
+from forgehall.agents.models import Agent
+from forgehall.core.events import DomainEvent
+from forgehall.db.engine import Database
+from forgehall.issues.models import Issue, IssueEvent
+from tests.conftest import Person, make_person, make_workspace, new_client
+
+WS = "/api/v1/workspaces/team"
+
+
+@pytest.fixture
+async def api(app: FastAPI):  # type: ignore[no-untyped-def]
+    async with app.router.lifespan_context(app), new_client(app, origin=None) as client:
+        yield client
+
+
+@pytest.fixture
+async def team(db: Database) -> dict[str, Any]:
+    owner = await make_person(db, "owner@example.com")
+    member = await make_person(db, "mia@example.com")
+    outsider = await make_person(db, "out@example.com")
+    workspace = await make_workspace(db, owner, "team", {"member": member})
+    other = await make_workspace(db, outsider, "other")
+    async with db.session() as session:
+        agent = Agent(workspace_id=workspace.id, name="claude")
+        foreign_agent = Agent(workspace_id=other.id, name="foreign")
+        session.add_all([agent, foreign_agent])
+        await session.commit()
+    return {
+        "owner": owner,
+        "member": member,
+        "outsider": outsider,
+        "agent": agent,
+        "foreign_agent": foreign_agent,
+        "workspace": workspace,
+        "other": other,
+    }
+
+
+async def create(api: httpx.AsyncClient, person: Person, **body: Any) -> dict[str, Any]:
+    response = await api.post(
+        f"{WS}/issues", headers=person.headers, json={"title": "Something", **body}
+    )
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+async def status_id(api: httpx.AsyncClient, person: Person, category: str) -> str:
+    statuses = (await api.get(f"{WS}/statuses", headers=person.headers)).json()
+    return str(next(s["id"] for s in statuses if s["category"] == category))
+
+
+async def test_default_statuses_and_keys(api: httpx.AsyncClient, team: dict[str, Any]) -> None:
+    owner = team["owner"]
+    statuses = (await api.get(f"{WS}/statuses", headers=owner.headers)).json()
+    assert [s["category"] for s in statuses] == [
+        "backlog",
+        "todo",
+        "in_progress",
+        "in_review",
+        "done",
+        "blocked",
+        "cancelled",
+    ]
+    first = await create(api, owner, title="First")
+    second = await create(api, owner, title="Second")
+    assert (first["key"], second["key"]) == ("ENG-1", "ENG-2")
+    assert first["status"]["category"] == "todo"
+    assert first["creator"] == {"kind": "member", "id": owner.user.id}
+    by_key = await api.get(f"{WS}/issues/ENG-2", headers=owner.headers)
+    by_number = await api.get(f"{WS}/issues/2", headers=owner.headers)
+    assert by_key.json()["id"] == by_number.json()["id"] == second["id"]
+
+
+async def test_numbers_are_never_reused_and_unique_under_concurrency(
+    api: httpx.AsyncClient, team: dict[str, Any], db: Database
+) -> None:
+    owner = team["owner"]
+    results = await asyncio.gather(*(create(api, owner, title=f"t{i}") for i in range(20)))
+    assert sorted(r["number"] for r in results) == list(range(1, 21))
+    async with db.session() as session:
+        issue = await session.scalar(select(Issue).where(Issue.number == 20))
+        await session.delete(issue)
+        await session.commit()
+    assert (await create(api, owner))["number"] == 21
+
+
+async def test_references_must_belong_to_the_workspace(
+    api: httpx.AsyncClient, team: dict[str, Any], db: Database
+) -> None:
+    owner, outsider = team["owner"], team["outsider"]
+    foreign_status = (
+        await api.get("/api/v1/workspaces/other/statuses", headers=outsider.headers)
+    ).json()[0]["id"]
+    foreign_issue = (
+        await api.post(
+            "/api/v1/workspaces/other/issues", headers=outsider.headers, json={"title": "theirs"}
+        )
+    ).json()
+    cases = [
+        {"status_id": foreign_status},
+        {"assignee": {"kind": "member", "id": outsider.user.id}},
+        {"assignee": {"kind": "agent", "id": team["foreign_agent"].id}},
+        {"parent": foreign_issue["key"]},
+        {"label_ids": ["nope"]},
+        {"priority": "critical"},
+    ]
+    for body in cases:
+        response = await api.post(
+            f"{WS}/issues", headers=owner.headers, json={"title": "x", **body}
+        )
+        assert response.status_code == 422, (body, response.text)
+    async with db.read_session() as session:
+        count = await session.scalar(
+            select(func.count())
+            .select_from(Issue)
+            .where(Issue.workspace_id == team["workspace"].id)
+        )
+    assert count == 0, "refused input changes nothing"
+    assert (
+        await api.get(f"{WS}/issues/{foreign_issue['id']}", headers=owner.headers)
+    ).status_code == 404, "another workspace's issue id is 404 here"
+
+
+async def test_update_with_revision_records_the_timeline(
+    api: httpx.AsyncClient, team: dict[str, Any]
+) -> None:
+    owner, member = team["owner"], team["member"]
+    issue = await create(api, owner, title="Old title")
+    doing = await status_id(api, owner, "in_progress")
+    bug = (await api.post(f"{WS}/labels", headers=owner.headers, json={"name": "bug"})).json()
+    updated = await api.patch(
+        f"{WS}/issues/{issue['key']}",
+        headers=owner.headers,
+        json={
+            "revision": 1,
+            "title": "New title",
+            "status_id": doing,
+            "priority": "high",
+            "label_ids": [bug["id"]],
+            "assignee": {"kind": "member", "id": member.user.id},
+            "due_date": "2026-12-24",
+        },
+    )
+    assert updated.status_code == 200, updated.text
+    body = updated.json()
+    assert body["revision"] == 2
+    assert body["label_ids"] == [bug["id"]]
+    stale = await api.patch(
+        f"{WS}/issues/{issue['key']}",
+        headers=owner.headers,
+        json={"revision": 1, "title": "Lost update"},
+    )
+    assert stale.status_code == 409
+    assert stale.json()["current_revision"] == 2
+    timeline = (await api.get(f"{WS}/issues/{issue['key']}/timeline", headers=owner.headers)).json()
+    fields = {e["field"]: (e["old_value"], e["new_value"]) for e in timeline}
+    assert fields["title"] == ("Old title", "New title")
+    assert fields["priority"] == ("none", "high")
+    assert fields["status_id"][1] == doing
+    assert fields["assignee"] == (None, f"member:{member.user.id}")
+    assert fields["due_date"] == (None, "2026-12-24")
+    assert fields["labels"] == ("", bug["id"])
+    assert all(e["actor_user_id"] == owner.user.id for e in timeline)
+    current = (await api.get(f"{WS}/issues/{issue['key']}", headers=owner.headers)).json()
+    assert current["title"] == "New title", "the stale update changed nothing"
+    inbox = (await api.get(f"{WS}/inbox", headers=member.headers)).json()
+    assert [n["kind"] for n in inbox] == ["assigned"]
+
+
+async def test_sub_issues_and_parent_cycles(api: httpx.AsyncClient, team: dict[str, Any]) -> None:
+    owner = team["owner"]
+    parent = await create(api, owner, title="Epic")
+    child = await create(api, owner, title="Part", parent=parent["key"])
+    await create(api, owner, title="Part 2", parent=parent["key"])
+    assert child["parent"] == parent["key"]
+    done = await status_id(api, owner, "done")
+    await api.patch(
+        f"{WS}/issues/{child['key']}",
+        headers=owner.headers,
+        json={"revision": 1, "status_id": done},
+    )
+    detail = (await api.get(f"{WS}/issues/{parent['key']}", headers=owner.headers)).json()
+    assert (detail["sub_issues_done"], detail["sub_issues_total"]) == (1, 2)
+    cycle = await api.patch(
+        f"{WS}/issues/{parent['key']}",
+        headers=owner.headers,
+        json={"revision": 1, "parent": child["key"]},
+    )
+    assert cycle.status_code == 422
+    listed = (
+        await api.get(f"{WS}/issues", headers=owner.headers, params={"parent": parent["key"]})
+    ).json()
+    assert sorted(i["title"] for i in listed["items"]) == ["Part", "Part 2"]
+
+
+async def test_dependencies_block_and_auto_unblock(
+    app: FastAPI, api: httpx.AsyncClient, team: dict[str, Any]
+) -> None:
+    owner, agent = team["owner"], team["agent"]
+    blocker_a = await create(api, owner, title="A")
+    blocker_b = await create(api, owner, title="B")
+    doing = await status_id(api, owner, "in_progress")
+    blocked = await create(
+        api, owner, title="C", status_id=doing, assignee={"kind": "agent", "id": agent.id}
+    )
+    for blocker in (blocker_a, blocker_b):
+        response = await api.post(
+            f"{WS}/issues/{blocked['key']}/dependencies",
+            headers=owner.headers,
+            json={"blocked_by": blocker["key"]},
+        )
+        assert response.status_code == 204, response.text
+    detail = (await api.get(f"{WS}/issues/{blocked['key']}", headers=owner.headers)).json()
+    assert detail["status"]["category"] == "blocked"
+    assert detail["blocked_by"] == ["ENG-1", "ENG-2"]
+    cycle = await api.post(
+        f"{WS}/issues/{blocker_a['key']}/dependencies",
+        headers=owner.headers,
+        json={"blocked_by": blocked["key"]},
+    )
+    assert cycle.status_code == 422
+    assert cycle.json()["cycle"] == ["ENG-3", "ENG-1", "ENG-3"][1:] or cycle.json()["cycle"]
+    assert "ENG-3" in cycle.json()["detail"]
+    subscription = app.state.events.subscribe(team["workspace"].id)
+    done = await status_id(api, owner, "done")
+    await api.patch(
+        f"{WS}/issues/{blocker_a['key']}",
+        headers=owner.headers,
+        json={"revision": 1, "status_id": done},
+    )
+    still = (await api.get(f"{WS}/issues/{blocked['key']}", headers=owner.headers)).json()
+    assert still["status"]["category"] == "blocked", "one blocker is still open"
+    await api.patch(
+        f"{WS}/issues/{blocker_b['key']}",
+        headers=owner.headers,
+        json={"revision": 1, "status_id": done},
+    )
+    freed = (await api.get(f"{WS}/issues/{blocked['key']}", headers=owner.headers)).json()
+    assert freed["status"]["id"] == doing, "back to the status it had before"
+    events: list[DomainEvent] = []
+    while not subscription.queue.empty():
+        event = subscription.queue.get_nowait()
+        assert event is not None
+        events.append(event)
+    assert [e.data["issue_id"] for e in events if e.kind == "issue.unblocked"] == [blocked["id"]]
+    subscription.close()
+
+
+async def test_comments_mentions_and_inbox(
+    api: httpx.AsyncClient, team: dict[str, Any], app: FastAPI
+) -> None:
+    owner, member, agent = team["owner"], team["member"], team["agent"]
+    issue = await create(api, owner, title="Discuss")
+    subscription = app.state.events.subscribe(team["workspace"].id)
+    comment = await api.post(
+        f"{WS}/issues/{issue['key']}/comments",
+        headers=owner.headers,
+        json={"body": "@mia and @claude, please look. @nobody ignored"},
+    )
+    assert comment.status_code == 201, comment.text
+    inbox = (await api.get(f"{WS}/inbox", headers=member.headers)).json()
+    assert [n["kind"] for n in inbox] == ["mentioned"]
+    assert (await api.get(f"{WS}/inbox/unread-count", headers=member.headers)).json() == {
+        "unread": 1
+    }
+    kinds = []
+    while not subscription.queue.empty():
+        event = subscription.queue.get_nowait()
+        assert event is not None
+        kinds.append((event.kind, event.data.get("agent_id")))
+    assert ("agent.mentioned", agent.id) in kinds
+    assert ("comment.created", None) in kinds
+    subscription.close()
+    reply = await api.post(
+        f"{WS}/issues/{issue['key']}/comments",
+        headers=member.headers,
+        json={"body": "On it", "parent_id": comment.json()["id"]},
+    )
+    assert reply.json()["parent_id"] == comment.json()["id"]
+    owner_inbox = (await api.get(f"{WS}/inbox", headers=owner.headers)).json()
+    assert [n["kind"] for n in owner_inbox] == ["commented"], "the creator follows the issue"
+    marked = await api.patch(
+        f"{WS}/inbox/{inbox[0]['id']}",
+        headers=member.headers,
+        json={"read": True, "archived": True},
+    )
+    assert marked.json()["read_at"] is not None
+    assert (await api.get(f"{WS}/inbox/unread-count", headers=member.headers)).json() == {
+        "unread": 0
+    }
+    assert (
+        await api.patch(f"{WS}/inbox/{inbox[0]['id']}", headers=owner.headers, json={"read": True})
+    ).status_code == 404, "not your notification"
+
+
+async def test_comment_edits_history_and_deletion(
+    api: httpx.AsyncClient, team: dict[str, Any]
+) -> None:
+    owner, member = team["owner"], team["member"]
+    issue = await create(api, owner)
+    comment = (
+        await api.post(
+            f"{WS}/issues/{issue['key']}/comments", headers=member.headers, json={"body": "first"}
+        )
+    ).json()
+    assert (
+        await api.patch(
+            f"{WS}/comments/{comment['id']}", headers=owner.headers, json={"body": "hijack"}
+        )
+    ).status_code == 403
+    edited = await api.patch(
+        f"{WS}/comments/{comment['id']}", headers=member.headers, json={"body": "second"}
+    )
+    assert edited.json()["edited"] is True
+    history = (
+        await api.get(f"{WS}/comments/{comment['id']}/history", headers=member.headers)
+    ).json()
+    assert [h["body"] for h in history] == ["first"]
+    assert (
+        await api.delete(f"{WS}/comments/{comment['id']}", headers=owner.headers)
+    ).status_code == 204, "an admin may delete any comment"
+    assert (
+        await api.get(f"{WS}/issues/{issue['key']}/comments", headers=owner.headers)
+    ).json() == []
+    invalid = await api.post(
+        f"{WS}/issues/{issue['key']}/comments",
+        headers=member.headers,
+        json={"body": "<script>alert(1)</script> **not** an error"},
+    )
+    assert invalid.status_code == 201, "any Markdown is stored as text"
+
+
+async def test_listing_filters_sorting_and_cursor_pagination(
+    api: httpx.AsyncClient, team: dict[str, Any]
+) -> None:
+    owner, member = team["owner"], team["member"]
+    for i in range(7):
+        await create(
+            api,
+            owner,
+            title=f"Issue {i}",
+            priority="high" if i % 2 else "low",
+            description="needle in here" if i == 3 else "",
+            assignee={"kind": "member", "id": member.user.id} if i < 2 else None,
+        )
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 3, "sort": "-number"}
+        if cursor:
+            params["cursor"] = cursor
+        page = (await api.get(f"{WS}/issues", headers=owner.headers, params=params)).json()
+        seen += [i["key"] for i in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [f"ENG-{n}" for n in range(7, 0, -1)]
+    high = (
+        await api.get(f"{WS}/issues", headers=owner.headers, params={"priority": "high"})
+    ).json()["items"]
+    assert len(high) == 3
+    mine = (
+        await api.get(f"{WS}/issues", headers=member.headers, params={"assignee": "me"})
+    ).json()["items"]
+    assert [i["title"] for i in mine] == ["Issue 0", "Issue 1"]
+    text = (await api.get(f"{WS}/issues", headers=owner.headers, params={"q": "NEEDLE"})).json()[
+        "items"
+    ]
+    assert [i["title"] for i in text] == ["Issue 3"]
+    for bad in ({"sort": "bogus"}, {"cursor": "%%%"}, {"assignee": "robot"}):
+        assert (
+            await api.get(f"{WS}/issues", headers=owner.headers, params=bad)
+        ).status_code == 422, bad
+
+
+async def test_unknown_and_foreign_ids_are_404(
+    api: httpx.AsyncClient, team: dict[str, Any]
+) -> None:
+    owner, outsider = team["owner"], team["outsider"]
+    await create(api, owner)
+    for path in (f"{WS}/issues/ENG-99", f"{WS}/issues/ENG-1/comments"):
+        response = await api.get(path, headers=outsider.headers)
+        assert response.status_code == 404
+    assert (await api.get(f"{WS}/issues/ENG-99", headers=owner.headers)).status_code == 404
+
+
+async def test_events_are_recorded_in_the_same_transaction(
+    api: httpx.AsyncClient, team: dict[str, Any], db: Database
+) -> None:
+    owner = team["owner"]
+    issue = await create(api, owner)
+    async with db.read_session() as session:
+        created = await session.scalar(
+            select(func.count()).select_from(IssueEvent).where(IssueEvent.issue_id == issue["id"])
+        )
+    assert created == 1
