@@ -199,9 +199,13 @@ async def test_forwarded_for_is_believed_only_from_trusted_proxies(
         for peer in ("127.0.0.1", "203.0.113.9"):
             transport = httpx.ASGITransport(app=app, client=(peer, 1))
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-                await c.get("/whoami-ip", headers={
-                    "x-forwarded-for": "198.51.100.7, 10.9.9.9, 127.0.0.1",
-                    "x-forwarded-proto": "https"})
+                await c.get(
+                    "/whoami-ip",
+                    headers={
+                        "x-forwarded-for": "198.51.100.7, 10.9.9.9, 127.0.0.1",
+                        "x-forwarded-proto": "https",
+                    },
+                )
     # From the trusted proxy: the rightmost untrusted hop is the client, scheme https.
     # (10.9.9.9 is not in the trusted list, so it is the client the proxy saw.)
     assert seen[0] == ("10.9.9.9", "https")

@@ -533,8 +533,9 @@ async def test_rate_limits_are_shared_by_replicas(
     assert statuses[30] == 429
 
 
-async def test_the_code_is_never_in_the_subject(client: httpx.AsyncClient,
-                                                mailer: RecordingMailer) -> None:
+async def test_the_code_is_never_in_the_subject(
+    client: httpx.AsyncClient, mailer: RecordingMailer
+) -> None:
     await client.post("/auth/send-code", json={"email": "subj@example.com"})
     code = mailer.last_code("subj@example.com")
     assert code not in mailer.sent[-1].subject, "subjects are logged; codes must not be"
@@ -561,8 +562,9 @@ async def test_a_withheld_code_answers_exactly_like_a_sent_one(
 async def test_mail_failure_is_a_503_problem(settings: Settings, db: Database) -> None:
     from tests.process import free_port
 
-    broken = Settings(**{**settings.model_dump(), "smtp_host": "127.0.0.1",
-                         "smtp_port": free_port()})
+    broken = Settings(
+        **{**settings.model_dump(), "smtp_host": "127.0.0.1", "smtp_port": free_port()}
+    )
     app = create_app(broken, db=db, options=AppOptions(run_services=False))
     async with new_client(app) as client:
         response = await client.post("/auth/send-code", json={"email": "x@example.com"})
@@ -579,8 +581,11 @@ async def test_admin_changes_are_audited(client: httpx.AsyncClient, db: Database
     root = await make_person(db, "root@example.com", admin=True)
     user = await make_person(db, "user@example.com")
     with capture_logs() as logs:
-        await client.patch(f"/api/v1/admin/users/{user.user.id}", headers=root.headers,
-                           json={"is_instance_admin": True, "is_disabled": True})
+        await client.patch(
+            f"/api/v1/admin/users/{user.user.id}",
+            headers=root.headers,
+            json={"is_instance_admin": True, "is_disabled": True},
+        )
     events = {(e["event"], e.get("user_id"), e.get("by")) for e in logs}
     assert ("admin.user_promoted", user.user.id, root.user.id) in events
     assert ("admin.user_disabled", user.user.id, root.user.id) in events

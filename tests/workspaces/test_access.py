@@ -155,6 +155,12 @@ PUBLIC_ROUTES = {
     ("POST", "/login"),
     ("POST", "/login/verify"),
     ("GET", "/auth/cli/authorize"),
+    ("GET", "/"),
+    ("POST", "/logout"),
+    ("GET", "/setup/{token}"),
+    ("POST", "/setup/{token}"),
+    ("GET", "/invitations/{token}"),
+    ("POST", "/invitations/{token}/{answer}"),
     ("POST", "/auth/cli/authorize"),
 }
 

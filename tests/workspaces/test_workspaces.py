@@ -338,14 +338,15 @@ async def test_daemon_tokens_reach_only_their_workspace(
 async def test_daemon_tokens_die_with_their_minters_membership_and_manage_no_one(
     api: httpx.AsyncClient, db: Database
 ) -> None:
-    owner, admin, member, _ = await people(db)
-    minted = await api.post("/api/v1/workspaces/team/daemon-tokens", headers=admin.headers,
-                            json={"name": "box"})
+    owner, admin, _, _ = await people(db)
+    minted = await api.post(
+        "/api/v1/workspaces/team/daemon-tokens", headers=admin.headers, json={"name": "box"}
+    )
     daemon = {"authorization": f"Bearer {minted.json()['token']}"}
     assert (await api.get("/api/v1/workspaces/team", headers=daemon)).status_code == 200
-    removal = await api.delete(f"/api/v1/workspaces/team/members/{admin.user.id}",
-                               headers=daemon)
+    removal = await api.delete(f"/api/v1/workspaces/team/members/{admin.user.id}", headers=daemon)
     assert removal.status_code == 403, "a daemon token may not remove (or 'leave' as) anyone"
-    assert (await api.delete(f"/api/v1/workspaces/team/members/{admin.user.id}",
-                             headers=owner.headers)).status_code == 204
+    assert (
+        await api.delete(f"/api/v1/workspaces/team/members/{admin.user.id}", headers=owner.headers)
+    ).status_code == 204
     assert (await api.get("/api/v1/workspaces/team", headers=daemon)).status_code == 404

@@ -17,7 +17,7 @@ from fastapi.templating import Jinja2Templates
 from forgehall.core.deps import SessionDep, SettingsDep
 from forgehall.core.errors import ProblemError
 from forgehall.identity import service
-from forgehall.identity.auth import MailerDep, OptionalPrincipal, client_ip
+from forgehall.identity.auth import SESSION_COOKIE, MailerDep, OptionalPrincipal, client_ip
 from forgehall.identity.routes import set_session_cookie
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -159,3 +159,115 @@ async def cli_authorize(
     return RedirectResponse(
         f"{callback}{separator}{urlencode({'code': code, 'state': state})}", status_code=303
     )
+
+
+@router.get("/", response_model=None)
+async def home(request: Request, principal: OptionalPrincipal, session: SessionDep) -> Response:
+    if principal is None or principal.kind != "session":
+        return RedirectResponse("/login", status_code=303)
+    from forgehall.workspaces.service import list_workspaces
+
+    return render(
+        request,
+        "home.html",
+        user=principal.user,
+        workspaces=await list_workspaces(session, principal.user),
+    )
+
+
+@router.post("/logout", response_model=None)
+async def logout_page(
+    principal: OptionalPrincipal, session: SessionDep, settings: SettingsDep
+) -> Response:
+    if principal is not None and principal.session_id is not None:
+        await service.revoke_session(session, principal.user, principal.session_id)
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/", domain=settings.cookie_domain)
+    return response
+
+
+@router.get("/setup/{token}", response_class=HTMLResponse)
+async def setup_page(request: Request, token: str) -> HTMLResponse:
+    return render(request, "setup.html", token=token, email="")
+
+
+@router.post("/setup/{token}", response_model=None)
+async def setup_submit(
+    request: Request,
+    token: str,
+    email: Annotated[str, Form()],
+    session: SessionDep,
+    settings: SettingsDep,
+) -> Response:
+    try:
+        user = await service.complete_setup(session, settings, token, email)
+    except ProblemError as exc:
+        return render(
+            request, "setup.html", status=exc.status, token=token, email=email, error=exc.detail
+        )
+    issued = await service.create_session(
+        session,
+        settings,
+        user,
+        user_agent=request.headers.get("user-agent", ""),
+        ip=client_ip(request),
+        method="setup-link",
+    )
+    response = RedirectResponse("/", status_code=303)
+    set_session_cookie(response, settings, issued.jwt)
+    return response
+
+
+@router.get("/invitations/{token}", response_model=None)
+async def invitation_page(
+    request: Request, token: str, principal: OptionalPrincipal, session: SessionDep
+) -> Response:
+    from forgehall.workspaces import service as workspaces
+
+    if principal is None or principal.kind != "session":
+        return RedirectResponse(
+            f"/login?{urlencode({'next': f'/invitations/{token}'})}", status_code=303
+        )
+    try:
+        invitation, workspace = await workspaces.read_invitation_for(session, principal.user, token)
+    except ProblemError as exc:
+        return render(
+            request, "message.html", status=exc.status, heading="Invitation", message=exc.detail
+        )
+    return render(
+        request,
+        "invitation.html",
+        token=token,
+        workspace=workspace.name,
+        role=invitation.role,
+        state=workspaces.invitation_state(invitation),
+        expires=f"{invitation.expires_at:%Y-%m-%d}",
+    )
+
+
+@router.post("/invitations/{token}/{answer}", response_model=None)
+async def invitation_answer(
+    request: Request, token: str, answer: str, principal: OptionalPrincipal, session: SessionDep
+) -> Response:
+    from forgehall.workspaces import service as workspaces
+
+    if principal is None or principal.kind != "session":
+        return RedirectResponse("/login", status_code=303)
+    try:
+        if answer == "accept":
+            await workspaces.accept_invitation(session, principal.user, token)
+        elif answer == "decline":
+            await workspaces.decline_invitation(session, principal.user, token)
+        else:
+            return render(
+                request,
+                "message.html",
+                status=404,
+                heading="Not found",
+                message="There is nothing here.",
+            )
+    except ProblemError as exc:
+        return render(
+            request, "message.html", status=exc.status, heading="Invitation", message=exc.detail
+        )
+    return RedirectResponse("/", status_code=303)
