@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 
 from forgehall.db.engine import Database
 from forgehall.db.metadata import target_metadata
+from forgehall.db.search import include_in_schema_comparison
 from forgehall.db.migrate import (
     SchemaAheadError,
     downgrade,
@@ -37,7 +38,13 @@ async def empty_db(empty_database_url: str):  # type: ignore[no-untyped-def]
 
 
 def _diff(conn: Connection) -> list[object]:
-    context = MigrationContext.configure(conn, opts={"compare_type": True})
+    context = MigrationContext.configure(
+        conn,
+        opts={
+            "compare_type": True,
+            "include_name": lambda name, _type, _parent: include_in_schema_comparison(name),
+        },
+    )
     return list(compare_metadata(context, target_metadata()))
 
 

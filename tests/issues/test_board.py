@@ -407,3 +407,76 @@ async def test_events_are_recorded_in_the_same_transaction(
             select(func.count()).select_from(IssueEvent).where(IssueEvent.issue_id == issue["id"])
         )
     assert created == 1
+
+
+async def test_full_text_search_ranks_titles_descriptions_and_comments(
+    api: httpx.AsyncClient, team: dict[str, Any]
+) -> None:
+    owner = team["owner"]
+    title_hit = await create(api, owner, title="Login redirect loops forever")
+    body_hit = await create(
+        api, owner, title="Session bug", description="After login the redirect is wrong"
+    )
+    comment_hit = await create(api, owner, title="Unrelated")
+    await create(api, owner, title="Nothing to see")
+    await api.post(
+        f"{WS}/issues/{comment_hit['key']}/comments",
+        headers=owner.headers,
+        json={"body": "I think the login redirect is involved"},
+    )
+
+    async def search(text: str, **params: Any) -> list[str]:
+        response = await api.get(
+            f"{WS}/issues", headers=owner.headers, params={"q": text, **params}
+        )
+        assert response.status_code == 200, response.text
+        return [i["key"] for i in response.json()["items"]]
+
+    found = await search("login redir")
+    assert set(found) == {title_hit["key"], body_hit["key"], comment_hit["key"]}
+    assert found[-1] == comment_hit["key"], "a comment match ranks below the issue's own text"
+    assert await search("LOGIN") == await search("login"), "case does not matter"
+    assert await search("loops") == [title_hit["key"]]
+    assert await search("'; DROP TABLE issues; --") == []
+    assert await search('"unbalanced') == []
+    assert await search("***") == [], "no searchable words: nothing, not everything"
+    paged = await search("login", limit=2)
+    assert len(paged) == 2
+    renamed = await api.patch(
+        f"{WS}/issues/{title_hit['key']}",
+        headers=owner.headers,
+        json={"revision": 1, "title": "Spinner never stops"},
+    )
+    assert renamed.status_code == 200
+    assert title_hit["key"] not in await search("loops"), "the index follows edits"
+    assert await search("spinner") == [title_hit["key"]]
+    comments = (
+        await api.get(f"{WS}/issues/{comment_hit['key']}/comments", headers=owner.headers)
+    ).json()
+    await api.delete(f"{WS}/comments/{comments[0]['id']}", headers=owner.headers)
+    assert comment_hit["key"] not in await search("involved"), "deleted comments vanish"
+    other = await api.get(
+        "/api/v1/workspaces/other/issues", headers=team["outsider"].headers, params={"q": "login"}
+    )
+    assert other.json()["items"] == [], "search never crosses workspaces"
+
+
+async def test_search_cursor_pagination_walks_every_match(
+    api: httpx.AsyncClient, team: dict[str, Any]
+) -> None:
+    owner = team["owner"]
+    for i in range(5):
+        await create(api, owner, title=f"needle {'needle ' * i}haystack {i}")
+    keys: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"q": "needle", "limit": 2}
+        if cursor:
+            params["cursor"] = cursor
+        page = (await api.get(f"{WS}/issues", headers=owner.headers, params=params)).json()
+        keys += [i["key"] for i in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert sorted(keys) == [f"ENG-{n}" for n in range(1, 6)]
+    assert len(set(keys)) == 5

@@ -8,6 +8,7 @@ import typer
 
 from forgehall import __version__
 from forgehall.cli import client as client_commands
+from forgehall.cli import issues as issue_commands
 from forgehall.cli import server as server_commands
 from forgehall.cli.context import CliState
 
@@ -44,6 +45,7 @@ def version() -> None:
 
 server_commands.register(app)
 client_commands.register(app)
+issue_commands.register(app)
 
 
 def main() -> None:

@@ -162,8 +162,12 @@ async def read_issues(
     parent: Annotated[str | None, Query(description="Parent issue key")] = None,
     q: Annotated[str | None, Query(max_length=200, description="Text to look for")] = None,
     sort: Annotated[
-        str, Query(description="position, created, updated, number, due; prefix - for descending")
-    ] = "position",
+        str | None,
+        Query(
+            description="relevance (with q), position, created, updated, number, due; "
+            "prefix - to reverse. Default: relevance with q, else position"
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query()] = None,
 ) -> IssuePage:

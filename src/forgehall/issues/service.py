@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from forgehall.agents.models import Agent
 from forgehall.core.errors import ProblemError
 from forgehall.core.events import DomainEvent, EventBus
+from forgehall.db.search import ranked_issue_ids
 from forgehall.identity.models import User
 from forgehall.issues.models import (
     PRIORITIES,
@@ -1192,7 +1193,7 @@ class IssueFilter:
     priorities: list[str] = field(default_factory=list)
     parent: str | None = None
     text: str | None = None
-    sort: str = "position"
+    sort: str | None = None  # default: relevance with text, else position
     limit: int = 50
     cursor: str | None = None
 
@@ -1232,34 +1233,45 @@ async def list_issues(
     if f.parent:
         parent = await get_issue_or_404(session, access, f.parent)
         query = query.where(Issue.parent_id == parent.id)
+    ranked = None
     if f.text:
-        pattern = f"%{f.text.lower()}%"
-        query = query.where(
-            or_(func.lower(Issue.title).like(pattern), func.lower(Issue.description).like(pattern))
-        )
-    if f.sort.lstrip("-") not in SORTS:
+        ranked = ranked_issue_ids(session.get_bind().dialect.name, access.workspace.id, f.text)
+        if ranked is None:
+            return [], None  # nothing searchable in the text: nothing matches
+        query = query.join(ranked, ranked.c.issue_id == Issue.id)
+    sort = f.sort or ("relevance" if ranked is not None else "position")
+    name = sort.lstrip("-")
+    if name == "relevance":
+        if ranked is None:
+            raise ProblemError(422, "sort=relevance needs a search text (q)", type_="invalid-sort")
+        column: Any = ranked.c.rank
+        descending = not sort.startswith("-")  # best matches first unless asked otherwise
+    elif name in SORTS:
+        column = SORTS[name]
+        descending = sort.startswith("-")
+    else:
         raise ProblemError(
             422,
-            f"unknown sort {f.sort!r}; use one of {', '.join(SORTS)} (prefix - for descending)",
+            f"unknown sort {sort!r}; use one of {', '.join([*SORTS, 'relevance'])} "
+            "(prefix - for descending)",
             type_="invalid-sort",
         )
-    descending = f.sort.startswith("-")
-    column = SORTS[f.sort.lstrip("-")]
     if f.cursor:
         value, last_id = _decode_cursor(f.cursor)
-        typed = _cursor_value(f.sort.lstrip("-"), value)
+        typed = _cursor_value(name, value)
         if descending:
             query = query.where(or_(column < typed, and_(column == typed, Issue.id > last_id)))
         else:
             query = query.where(or_(column > typed, and_(column == typed, Issue.id > last_id)))
-    query = query.order_by(column.desc() if descending else column.asc(), Issue.id)
-    rows = list((await session.execute(query.limit(f.limit + 1))).scalars())
+    ordered = query.add_columns(column.label("sort_value")).order_by(
+        column.desc() if descending else column.asc(), Issue.id
+    )
+    rows: list[Any] = list((await session.execute(ordered.limit(f.limit + 1))).all())
     next_cursor = None
     if len(rows) > f.limit:
         rows = rows[: f.limit]
-        last = rows[-1]
-        next_cursor = _encode_cursor(getattr(last, column.key), last.id)
-    return rows, next_cursor
+        next_cursor = _encode_cursor(rows[-1][1], rows[-1][0].id)
+    return [row[0] for row in rows], next_cursor
 
 
 def _assignee_clause(access: Access, value: str) -> Any:
@@ -1298,7 +1310,7 @@ def _cursor_value(sort: str, value: str | None) -> Any:
     if value is None:
         return None
     try:
-        if sort == "position":
+        if sort in ("position", "relevance"):
             return float(value)
         if sort == "number":
             return int(value)

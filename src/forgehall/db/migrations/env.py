@@ -13,6 +13,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from forgehall.db.metadata import target_metadata
+from forgehall.db.search import include_in_schema_comparison
 
 
 def _configure_and_run(connection: Connection) -> None:
@@ -20,6 +21,7 @@ def _configure_and_run(connection: Connection) -> None:
         connection=connection,
         target_metadata=target_metadata(),
         render_as_batch=connection.dialect.name == "sqlite",
+        include_name=lambda name, _type, _parent: include_in_schema_comparison(name),
         compare_type=True,
         transaction_per_migration=True,
     )
