@@ -37,6 +37,7 @@ contracts: bootstrap
 docs: bootstrap
 	$(UV) run --no-sync forgehall config docs -o docs/configuration.md
 	$(UV) run --no-sync python -m forgehall.cli.reference > docs/cli.md
+	$(UV) run --no-sync python -m forgehall.openapi > docs/openapi.json
 
 bench: bootstrap
 	$(UV) run --no-sync python bench/serve_ready.py

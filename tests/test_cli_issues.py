@@ -12,10 +12,12 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -24,6 +26,7 @@ from tests.process import PYTHON, ServerProcess, base_env
 from tests.test_cli_client import _code_from_log
 
 pytestmark = pytest.mark.slow
+T = TypeVar("T")
 
 
 @dataclass
@@ -49,12 +52,45 @@ class Person:
         assert re.fullmatch(r"ENG-\d+", key), key
         return key
 
+    def many(self, *calls: tuple[str, ...]) -> list[subprocess.CompletedProcess[str]]:
+        return at_once(*[partial(self.cli, *args) for args in calls])
+
+    def many_json(self, *calls: tuple[str, ...]) -> list[Any]:
+        results = self.many(*[(*args, "--json") for args in calls])
+        for args, result in zip(calls, results, strict=True):
+            assert result.returncode == 0, f"{args}: {result.stderr}"
+        return [json.loads(r.stdout) for r in results]
+
+    def issue(self, key: str) -> dict[str, Any]:
+        """Straight from the API, to check what a command did."""
+        response = self.api.get(f"/issues/{key}")
+        assert response.status_code == 200, response.text
+        data: dict[str, Any] = response.json()
+        return data
+
+    def quick_issue(self, title: str, **fields: Any) -> str:
+        """An issue made through the API, where creating it is not what is tested."""
+        response = self.api.post("/issues", json={"title": title, **fields})
+        assert response.status_code == 201, response.text
+        key: str = response.json()["key"]
+        return key
+
+    def label_ids(self) -> dict[str, str]:
+        return {label["name"]: label["id"] for label in self.api.get("/labels").json()}
+
 
 @dataclass
 class Team:
     server: ServerProcess
     ann: Person
     bob: Person
+
+
+def at_once(*calls: Callable[[], T]) -> list[T]:
+    """Run independent commands concurrently (each is a process start; this keeps the
+    module fast); results in order."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(lambda call: call(), calls))
 
 
 def cli(
@@ -81,7 +117,7 @@ def _login(server: ServerProcess, env: dict[str, str], email: str) -> str:
         stderr=subprocess.PIPE,
         text=True,
     )
-    out, err = login.communicate(_code_from_log(server, email) + "\n", timeout=30)
+    _, err = login.communicate(_code_from_log(server, email) + "\n", timeout=30)
     assert login.returncode == 0, err
     stored = Path(env["XDG_CONFIG_HOME"]) / "forgehall" / "credentials.json"
     token: str = json.loads(stored.read_text())["token"]
@@ -161,7 +197,31 @@ def test_create_list_search_show(team: Team, tmp_path: Path) -> None:
     )
     other = ann.create("Write the onboarding guide", "--status", "backlog", "--priority", "low")
 
-    shown = ann.json("issue", "show", key)
+    (
+        shown,
+        other_shown,
+        bug_and_mine,
+        bugs,
+        backlog_low,
+        backlog,
+        bobs,
+        unassigned,
+        onboarding,
+        redirect,
+        onboarding_done,
+    ) = ann.many_json(
+        ("issue", "show", key),
+        ("issue", "show", other),
+        ("issue", "list", "--label", "bug", "--assignee", "me"),
+        ("issue", "list", "--label", "bug"),
+        ("issue", "list", "--status", "Backlog", "--priority", "low"),
+        ("issue", "list", "--category", "backlog"),
+        ("issue", "list", "--assignee", "bob@example.com"),
+        ("issue", "list", "--assignee", "none"),
+        ("issue", "search", "onboarding"),
+        ("issue", "search", "REDIRECT", "--label", "bug"),
+        ("issue", "search", "onboarding", "--category", "done"),
+    )
     issue = shown["issue"]
     assert issue["title"] == "Fix [login] redirect"
     assert issue["description"].startswith("The redirect after login")
@@ -169,63 +229,67 @@ def test_create_list_search_show(team: Team, tmp_path: Path) -> None:
     assert issue["priority"] == "high"
     assert issue["due_date"] == "2031-01-15"
     assert issue["assignee"]["kind"] == "member"
-    labels = {label["id"]: label["name"] for label in ann.api.get("/labels").json()}
-    assert sorted(labels[i] for i in issue["label_ids"]) == ["bug", "ui"]
+    labels = ann.label_ids()
+    assert issue["label_ids"] == sorted([labels["bug"], labels["ui"]])
     assert shown["comments"] == []
-    assert ann.json("issue", "show", other)["issue"]["status"]["name"] == "Backlog"
+    assert other_shown["issue"]["status"]["name"] == "Backlog"
 
-    assert key in _keys(ann.json("issue", "list", "--label", "bug", "--assignee", "me"))
-    assert other not in _keys(ann.json("issue", "list", "--label", "bug"))
-    assert _keys(ann.json("issue", "list", "--status", "Backlog", "--priority", "low")) == [other]
-    by_category = _keys(ann.json("issue", "list", "--category", "backlog"))
-    assert other in by_category
-    assert key not in by_category
-    assert key not in _keys(ann.json("issue", "list", "--assignee", "bob@example.com"))
-    assert other in _keys(ann.json("issue", "list", "--assignee", "none"))
+    assert key in _keys(bug_and_mine)
+    assert other not in _keys(bugs)
+    assert _keys(backlog_low) == [other]
+    assert other in _keys(backlog)
+    assert key not in _keys(backlog)
+    assert key not in _keys(bobs)
+    assert other in _keys(unassigned)
+    assert _keys(onboarding) == [other]
+    assert _keys(redirect) == [key]
+    assert onboarding_done == []
 
-    table = ann.ok("issue", "list", "--label", "bug")
-    assert key in table
-    assert "Fix [login] redirect" in table, "titles are not read as Rich markup"
-    assert "ann@example.com" in table
-    assert "Todo" in table
-
-    assert _keys(ann.json("issue", "search", "onboarding")) == [other]
-    assert _keys(ann.json("issue", "search", "REDIRECT", "--label", "bug")) == [key]
-    assert _keys(ann.json("issue", "search", "onboarding", "--category", "done")) == []
-
-    readable = ann.ok("issue", "show", key)
+    table, readable, missing = ann.many(
+        ("issue", "list", "--label", "bug"),
+        ("issue", "show", key),
+        ("issue", "create", "Nope", "--label", "nosuch"),
+    )
+    assert key in table.stdout
+    assert "Fix [login] redirect" in table.stdout, "titles are not read as Rich markup"
+    assert "ann@example.com" in table.stdout
+    assert "Todo" in table.stdout
     for text in (key, "Fix [login] redirect", "Todo", "high", "bug, ui", "ann@example.com"):
-        assert text in readable
-    assert "drops the `next` parameter" in readable
-
-    missing = ann.cli("issue", "create", "Nope", "--label", "nosuch")
+        assert text in readable.stdout
+    assert "drops the `next` parameter" in readable.stdout
+    assert "Comments (0)" in readable.stdout
     assert missing.returncode == 1
-    assert missing.stderr.startswith("forgehall: error: unknown label 'nosuch'")
-    assert "batch, bug, ui" in missing.stderr or "bug" in missing.stderr
+    assert missing.stderr == (
+        "forgehall: error: unknown label 'nosuch'; the labels of team are: batch, bug, ui\n"
+    )
 
 
 def test_all_follows_the_pages(team: Team) -> None:
     ann = team.ann
-    created = [ann.create(f"Batch item {n}", "--label", "batch") for n in range(5)]
-    first = ann.cli("issue", "list", "--label", "batch", "--limit", "2", "--sort", "number")
+    batch = ann.label_ids()["batch"]
+    created = [ann.quick_issue(f"Batch item {n}", label_ids=[batch]) for n in range(5)]
+    page = ("issue", "list", "--label", "batch", "--limit", "2", "--sort", "number")
+    first, one_page, every, newest_first = ann.many(
+        page,
+        (*page, "--json"),
+        (*page, "--all", "--json"),
+        ("issue", "search", "batch item", "--limit", "2", "--sort", "-number", "--all", "--json"),
+    )
     assert first.returncode == 0, first.stderr
+    assert created[0] in first.stdout
+    assert created[2] not in first.stdout
     assert "--all" in first.stderr, "a truncated list says so"
-    one_page = ann.json("issue", "list", "--label", "batch", "--limit", "2", "--sort", "number")
-    assert _keys(one_page) == created[:2]
-    every = ann.json(
-        "issue", "list", "--label", "batch", "--limit", "2", "--sort", "number", "--all"
-    )
-    assert _keys(every) == created
-    newest_first = ann.json(
-        "issue", "search", "batch item", "--limit", "2", "--sort", "-number", "--all"
-    )
-    assert _keys(newest_first) == created[::-1]
+    assert _keys(json.loads(one_page.stdout)) == created[:2]
+    assert _keys(json.loads(every.stdout)) == created
+    assert "--all" not in every.stderr
+    assert _keys(json.loads(newest_first.stdout)) == created[::-1]
 
 
 def test_update_assign_close(team: Team) -> None:
-    ann = team.ann
-    key = ann.create("Tidy the settings page", "--label", "ui")
-    parent = ann.create("Settings epic")
+    ann, bob = team.ann, team.bob
+    labels = ann.label_ids()
+    key = ann.quick_issue("Tidy the settings page", label_ids=[labels["ui"]])
+    parent = ann.quick_issue("Settings epic")
     out = ann.ok(
         "issue",
         "update",
@@ -243,14 +307,13 @@ def test_update_assign_close(team: Team) -> None:
         "--status",
         "in progress",
     )
-    assert out.startswith(f"updated {key} (revision ")
-    issue = ann.json("issue", "show", key)["issue"]
+    issue = ann.issue(key)
+    assert out == f"updated {key} (revision {issue['revision']})\n"
     assert issue["title"] == "Tidy the settings page layout"
     assert issue["priority"] == "medium"
     assert issue["parent"] == parent
     assert issue["due_date"] == "2031-02-01"
     assert issue["status"]["name"] == "In Progress"
-    labels = {label["name"]: label["id"] for label in ann.api.get("/labels").json()}
     assert issue["label_ids"] == [labels["bug"]]
 
     # Someone else changes the issue through the API; the CLI reads the new revision.
@@ -258,7 +321,7 @@ def test_update_assign_close(team: Team) -> None:
     changed = ann.api.patch(f"/issues/{key}", json={"revision": revision, "priority": "urgent"})
     assert changed.status_code == 200
     ann.ok("issue", "update", key, "--no-labels", "--parent", "none", "--due", "none")
-    issue = ann.json("issue", "show", key)["issue"]
+    issue = ann.issue(key)
     assert issue["priority"] == "urgent", "only the fields given are sent"
     assert (issue["label_ids"], issue["parent"], issue["due_date"]) == ([], None, None)
     assert issue["revision"] == revision + 2
@@ -267,26 +330,27 @@ def test_update_assign_close(team: Team) -> None:
     assert stale.status_code == 409
     assert "changed since revision" in stale.json()["detail"]
 
-    assert ann.ok("issue", "assign", key, "bob@example.com").strip() == (
-        f"{key} is assigned to bob@example.com"
+    assigned = ann.ok("issue", "assign", key, "bob@example.com")
+    assert assigned == f"{key} is assigned to bob@example.com\n"
+    assert key in _keys(bob.json("issue", "list", "--assignee", "me"))
+    assert ann.ok("issue", "assign", key, "none") == f"{key} is unassigned\n"
+    assert ann.issue(key)["assignee"] is None
+    assert ann.ok("issue", "assign", key, "me") == f"{key} is assigned to ann@example.com\n"
+    unknown, agent = ann.many(
+        ("issue", "assign", key, "carol@example.com"), ("issue", "assign", key, "agent:nope")
     )
-    assert key in _keys(team.bob.json("issue", "list", "--assignee", "me"))
-    assert ann.ok("issue", "assign", key, "none").strip() == f"{key} is unassigned"
-    assert ann.json("issue", "show", key)["issue"]["assignee"] is None
-    ann.ok("issue", "assign", key, "me")
-    assert key in _keys(ann.json("issue", "list", "--assignee", "me"))
-    unknown = ann.cli("issue", "assign", key, "carol@example.com")
     assert unknown.returncode == 1
-    assert "carol@example.com is not a member of team" in unknown.stderr
-    assert "bob@example.com" in unknown.stderr
-    agent = ann.cli("issue", "assign", key, "agent:no-such-agent")
+    assert unknown.stderr == (
+        "forgehall: error: carol@example.com is not a member of team; its members are: "
+        "ann@example.com, bob@example.com\n"
+    )
     assert agent.returncode == 1
-    assert "agent no-such-agent is not an agent of this workspace" in agent.stderr
+    assert agent.stderr == "forgehall: error: 422: agent nope is not an agent of this workspace\n"
 
-    assert ann.ok("issue", "close", key).strip() == f"{key} is now Done"
-    assert key in _keys(ann.json("issue", "list", "--category", "done"))
-    assert ann.ok("issue", "close", key, "--cancel").strip() == f"{key} is now Cancelled"
-    assert ann.json("issue", "show", key)["issue"]["status"]["category"] == "cancelled"
+    assert ann.ok("issue", "close", key) == f"{key} is now Done\n"
+    assert ann.issue(key)["status"]["category"] == "done"
+    assert ann.ok("issue", "close", key, "--cancel") == f"{key} is now Cancelled\n"
+    assert ann.issue(key)["status"]["category"] == "cancelled"
 
 
 class _RacingProxy:
@@ -331,10 +395,10 @@ class _RacingProxy:
 
 def test_update_refused_when_the_issue_changed_in_between(team: Team) -> None:
     ann = team.ann
-    key = ann.create("Contended issue")
+    key = ann.quick_issue("Contended issue")
 
     def someone_else_writes() -> None:
-        current = ann.api.get(f"/issues/{key}").json()
+        current = ann.issue(key)
         ann.api.patch(f"/issues/{key}", json={"revision": current["revision"], "title": "Theirs"})
 
     proxy = _RacingProxy(team.server.url, someone_else_writes)
@@ -350,112 +414,128 @@ def test_update_refused_when_the_issue_changed_in_between(team: Team) -> None:
     finally:
         proxy.close()
     assert raced.returncode == 1
-    assert raced.stderr.count("\n") == 1
-    assert raced.stderr.startswith(f"forgehall: error: 409: issue {key} changed since revision")
-    assert ann.json("issue", "show", key)["issue"]["title"] == "Theirs"
+    assert raced.stderr == (
+        f"forgehall: error: 409: issue {key} changed since revision 1 (now 2); "
+        "reload and try again\n"
+    )
+    assert ann.issue(key)["title"] == "Theirs"
 
 
 def test_comments_mentions_and_inbox(team: Team) -> None:
     ann, bob = team.ann, team.bob
-    key = ann.create("Review the schema")
-    before = bob.json("inbox")["unread"]
+    key = ann.quick_issue("Review the schema")
+    before = bob.api.get("/inbox/unread-count").json()["unread"]
     out = ann.ok("issue", "comment", key, "@bob can you review this?")
-    comment_id = re.search(r"comment (\S+)\)", out).group(1)  # type: ignore[union-attr]
+    match = re.fullmatch(rf"commented on {key} \(comment (\w+)\)\n", out)
+    assert match, out
+    comment_id = match.group(1)
     ann.ok("issue", "comment", key, "-", "--reply-to", comment_id, stdin="Details:\n- one\n")
 
-    shown = ann.json("issue", "show", key)
+    shown, readable, inbox, table = at_once(
+        lambda: ann.json("issue", "show", key),
+        lambda: ann.ok("issue", "show", key),
+        lambda: bob.json("inbox", "--unread"),
+        lambda: bob.ok("inbox"),
+    )
     bodies = [(c["body"], c["parent_id"]) for c in shown["comments"]]
     assert bodies == [("@bob can you review this?", None), ("Details:\n- one", comment_id)]
-    readable = ann.ok("issue", "show", key)
     assert "Comments (2)" in readable
     assert f"in reply to {comment_id}" in readable
+    assert "(edited)" not in readable
 
-    inbox = bob.json("inbox", "--unread")
-    mentions = [n for n in inbox["notifications"] if n["kind"] == "mentioned"]
-    assert len(mentions) == 1
-    assert mentions[0]["issue_key"] == key
-    assert key in mentions[0]["summary"]
-    assert inbox["unread"] == before + 1
-    table = bob.ok("inbox")
+    # bob is mentioned, which makes him a follower: the reply notifies him as well.
+    new = [n for n in inbox["notifications"] if n["issue_key"] == key]
+    assert sorted(n["kind"] for n in new) == ["commented", "mentioned"]
+    mention = next(n for n in new if n["kind"] == "mentioned")
+    assert mention["summary"] == f"You were mentioned on {key}"
+    assert inbox["unread"] == before + 2
     assert "mentioned" in table
     assert key in table
-    assert f"{before + 1} unread" in table
+    assert table.endswith(f"\n{before + 2} unread\n")
 
-    cleared = bob.ok("inbox", "--read", mentions[0]["id"])
-    assert f"{before} unread" in cleared
-    assert bob.json("inbox", "--unread")["notifications"] == [
-        n for n in bob.json("inbox", "--unread")["notifications"] if n["id"] != mentions[0]["id"]
-    ]
-    bob.ok("inbox", "--archive", mentions[0]["id"])
-    assert mentions[0]["id"] in [n["id"] for n in bob.json("inbox", "--archived")["notifications"]]
-    assert mentions[0]["id"] not in [n["id"] for n in bob.json("inbox")["notifications"]]
-    unknown = bob.cli("inbox", "--read", "no-such-notification")
+    assert bob.ok("inbox", "--read", mention["id"]).endswith(f"\n{before + 1} unread\n")
+    assert bob.api.get("/inbox/unread-count").json()["unread"] == before + 1
+    bob.ok("inbox", "--archive", mention["id"])
+    archived, current, unknown = at_once(
+        lambda: bob.json("inbox", "--archived"),
+        lambda: bob.json("inbox"),
+        lambda: bob.cli("inbox", "--read", "no-such-notification"),
+    )
+    assert mention["id"] in [n["id"] for n in archived["notifications"]]
+    assert mention["id"] not in [n["id"] for n in current["notifications"]]
     assert unknown.returncode == 1
-    assert (
-        unknown.stderr == "forgehall: error: 404: notification no-such-notification was not found\n"
+    assert unknown.stderr == (
+        "forgehall: error: 404: notification no-such-notification was not found\n"
     )
 
 
 def test_block_and_unblock(team: Team) -> None:
     ann = team.ann
-    blocker = ann.create("Migrate the database")
-    blocked = ann.create("Ship the new schema", "--status", "In Progress")
-    assert ann.ok("issue", "block", blocked, "--by", blocker).strip() == (
-        f"{blocked} is blocked by {blocker}"
+    blocker = ann.quick_issue("Migrate the database")
+    in_progress = next(
+        s["id"] for s in ann.api.get("/statuses").json() if s["name"] == "In Progress"
     )
-    issue = ann.json("issue", "show", blocked)["issue"]
+    blocked = ann.quick_issue("Ship the new schema", status_id=in_progress)
+    assert ann.ok("issue", "block", blocked, "--by", blocker) == (
+        f"{blocked} is blocked by {blocker}\n"
+    )
+    shown, readable = ann.many(("issue", "show", blocked, "--json"), ("issue", "show", blocked))
+    issue = json.loads(shown.stdout)["issue"]
     assert issue["status"]["name"] == "Blocked"
     assert issue["blocked_by"] == [blocker]
-    assert ann.json("issue", "show", blocker)["issue"]["blocks"] == [blocked]
-    assert "Blocked by: " + blocker in " ".join(ann.ok("issue", "show", blocked).split())
+    assert ann.issue(blocker)["blocks"] == [blocked]
+    assert f"Blocked by: {blocker}" in readable.stdout
 
     ann.ok("issue", "close", blocker)
     assert ann.json("issue", "show", blocked)["issue"]["status"]["name"] == "In Progress"
 
-    other = ann.create("Another blocker")
+    other = ann.quick_issue("Another blocker")
     ann.ok("issue", "block", blocked, "--by", other)
-    assert ann.json("issue", "show", blocked)["issue"]["status"]["name"] == "Blocked"
-    assert ann.ok("issue", "unblock", blocked, "--by", other).strip() == (
-        f"{blocked} is no longer blocked by {other}"
+    assert ann.issue(blocked)["status"]["name"] == "Blocked"
+    assert ann.ok("issue", "unblock", blocked, "--by", other) == (
+        f"{blocked} is no longer blocked by {other}\n"
     )
-    issue = ann.json("issue", "show", blocked)["issue"]
+    issue = ann.issue(blocked)
     assert issue["status"]["name"] == "In Progress"
     assert issue["blocked_by"] == [blocker]
 
-    cycle = ann.cli("issue", "block", other, "--by", other)
-    assert cycle.returncode == 1
-    assert cycle.stderr == "forgehall: error: 422: an issue cannot block itself\n"
+    itself, not_blocking = ann.many(
+        ("issue", "block", other, "--by", other), ("issue", "unblock", blocked, "--by", other)
+    )
+    assert itself.returncode == 1
+    assert itself.stderr == "forgehall: error: 422: an issue cannot block itself\n"
+    assert not_blocking.returncode == 1
+    assert not_blocking.stderr == f"forgehall: error: 404: {other} does not block {blocked}\n"
 
 
 def test_errors_are_one_line(team: Team) -> None:
     ann = team.ann
-    for args in (("issue", "show", "ENG-9999"), ("issue", "update", "ENG-9999", "--title", "x")):
-        result = ann.cli(*args)
-        assert result.returncode == 1
-        assert result.stderr == "forgehall: error: 404: issue ENG-9999 was not found\n"
-    key = ann.create("Some issue")
-    status = ann.cli("issue", "update", key, "--status", "Shipped")
-    assert status.returncode == 1
-    assert status.stderr == (
-        "forgehall: error: unknown status 'Shipped'; the statuses of team are: Backlog, Todo, "
-        "In Progress, In Review, Done, Blocked, Cancelled\n"
-    )
-    for args, message in (
+    key = ann.quick_issue("Some issue")
+    cases: list[tuple[tuple[str, ...], str]] = [
+        (("issue", "show", "ENG-9999"), "404: issue ENG-9999 was not found"),
+        (("issue", "update", "ENG-9999", "--title", "x"), "404: issue ENG-9999 was not found"),
+        (
+            ("issue", "update", key, "--status", "Shipped"),
+            "unknown status 'Shipped'; the statuses of team are: Backlog, Todo, In Progress, "
+            "In Review, Done, Blocked, Cancelled",
+        ),
         (("issue", "update", key), "nothing to change"),
         (("issue", "update", key, "--due", "next week"), "'next week' is not a date"),
         (("issue", "create", "x", "--priority", "asap"), "unknown priority 'asap'"),
+        (("issue", "create", "x", "--parent", "ENG-9999"), "422: parent ENG-9999 is not"),
         (("issue", "list", "--category", "doing"), "unknown category 'doing'"),
         (("issue", "list", "--sort", "title"), "422: unknown sort 'title'"),
-        (("issue", "create", "x", "--assignee", "bob"), "must be me, none, an email"),
-        (("issue", "create", " "), "title"),
-        (("issue", "comment", key, "   "), "the comment is empty"),
+        (("issue", "create", "x", "--assignee", "bob"), "assignee 'bob' must be me, none"),
+        (("issue", "create", " "), "the title is empty"),
+        (("issue", "comment", key, "hi", "--reply-to", "nope"), "422: comment nope is not"),
         (("issue", "list", "-w", "elsewhere"), "404"),
-    ):
-        result = ann.cli(*args)
+    ]
+    results = ann.many(*[args for args, _ in cases])
+    for (args, message), result in zip(cases, results, strict=True):
         assert result.returncode == 1, args
-        assert result.stderr.startswith("forgehall: error: "), (args, result.stderr)
-        assert message in result.stderr, (args, result.stderr)
+        assert result.stderr.startswith(f"forgehall: error: {message}"), (args, result.stderr)
         assert result.stderr.count("\n") == 1, (args, result.stderr)
+        assert result.stdout == "", args
     logged_out = cli("issue", "list", env={**ann.env, "XDG_CONFIG_HOME": "/nonexistent"})
     assert logged_out.returncode == 1
     assert "not logged in" in logged_out.stderr

@@ -65,3 +65,23 @@ def test_readme_gives_the_two_setup_commands() -> None:
     ci = (Path(__file__).parent.parent / ".ci" / "run").read_text()
     assert "FORGEHALL_REQUIRE_POSTGRES=1" in ci
     assert "make test" in ci
+
+
+def test_openapi_document_is_current_and_complete() -> None:
+    from forgehall.openapi import openapi_document, render_openapi
+
+    assert (DOCS / "openapi.json").read_text() == render_openapi(), (
+        "docs/openapi.json is stale: run `make docs`"
+    )
+    document = openapi_document()
+    assert "Problem" in document["components"]["schemas"]
+    checked = 0
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            name = f"{method.upper()} {path}"
+            assert operation.get("summary"), f"{name} has no summary"
+            if path.startswith("/api/v1/") or path.startswith("/auth/"):
+                for status in ("401", "403", "404", "422", "429"):
+                    assert status in operation["responses"], f"{name} lacks {status}"
+                checked += 1
+    assert checked > 40

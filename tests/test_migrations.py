@@ -12,7 +12,6 @@ from sqlalchemy.engine import Connection
 
 from forgehall.db.engine import Database
 from forgehall.db.metadata import target_metadata
-from forgehall.db.search import include_in_schema_comparison
 from forgehall.db.migrate import (
     SchemaAheadError,
     downgrade,
@@ -21,6 +20,7 @@ from forgehall.db.migrate import (
     script_directory,
     upgrade_to_head,
 )
+from forgehall.db.search import include_in_schema_comparison
 from forgehall.db.url import resolve_database
 from forgehall.settings import Settings
 

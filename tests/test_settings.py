@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 from pydantic import ValidationError
 
 from forgehall.settings import (
@@ -15,6 +16,13 @@ from forgehall.settings import (
 )
 
 STRONG = "s" * 40
+KEY = Fernet.generate_key().decode()
+SAFE_PRODUCTION = {
+    "env": "production",
+    "jwt_secret": STRONG,
+    "encryption_key": KEY,
+    "public_origin": "https://forge.example.com",
+}
 
 
 def test_precedence_env_over_dotenv_over_file_over_default(tmp_path: Path) -> None:
@@ -137,28 +145,36 @@ def test_development_defaults_have_no_problems() -> None:
     [(None, "is not set"), ("change-me", "placeholder"), ("short-secret", "shorter than 32")],
 )
 def test_production_refuses_weak_jwt_secret(secret: str | None, message: str) -> None:
-    problems = _problems(
-        env="production", jwt_secret=secret, public_origin="https://forge.example.com"
-    )
+    problems = _problems(**{**SAFE_PRODUCTION, "jwt_secret": secret})
     assert list(problems) == ["FORGEHALL_JWT_SECRET"]
     assert message in problems["FORGEHALL_JWT_SECRET"][0]
 
 
 def test_production_origin_must_be_https_unless_allowed() -> None:
-    problems = _problems(env="production", jwt_secret=STRONG, public_origin="http://f.example")
+    problems = _problems(**{**SAFE_PRODUCTION, "public_origin": "http://f.example"})
     assert "is not https" in problems["FORGEHALL_PUBLIC_ORIGIN"][0]
     assert (
         _problems(
-            env="production",
-            jwt_secret=STRONG,
-            public_origin="http://f.example",
-            allow_insecure_origin=True,
+            **{
+                **SAFE_PRODUCTION,
+                "public_origin": "http://f.example",
+                "allow_insecure_origin": True,
+            }
         )
         == {}
     )
     assert (
-        "is not set" in _problems(env="production", jwt_secret=STRONG)["FORGEHALL_PUBLIC_ORIGIN"][0]
+        "is not set"
+        in _problems(**{**SAFE_PRODUCTION, "public_origin": None})["FORGEHALL_PUBLIC_ORIGIN"][0]
     )
+
+
+def test_production_requires_an_encryption_key() -> None:
+    assert _problems(**SAFE_PRODUCTION) == {}
+    problems = _problems(**{**SAFE_PRODUCTION, "encryption_key": None})
+    assert list(problems) == ["FORGEHALL_ENCRYPTION_KEY"]
+    assert "required in production" in problems["FORGEHALL_ENCRYPTION_KEY"][0]
+    assert _problems(encryption_key=None) == {}, "development generates its own"
 
 
 def test_every_problem_is_reported_at_once() -> None:
@@ -223,12 +239,7 @@ def test_secret_values_cover_every_secret_field() -> None:
 
 
 def test_production_refuses_a_fixed_dev_login_code() -> None:
-    problems = _problems(
-        env="production",
-        jwt_secret=STRONG,
-        dev_login_code="888888",
-        public_origin="https://f.example",
-    )
+    problems = _problems(**SAFE_PRODUCTION, dev_login_code="888888")
     assert list(problems) == ["FORGEHALL_DEV_LOGIN_CODE"]
     assert _problems(dev_login_code="888888") == {}
     assert "six digits" in _problems(dev_login_code="abc")["FORGEHALL_DEV_LOGIN_CODE"][0]

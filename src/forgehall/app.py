@@ -22,7 +22,7 @@ from starlette.routing import BaseRoute
 
 from forgehall import __version__
 from forgehall.core.cors import OriginCORSMiddleware
-from forgehall.core.errors import install_error_handlers, problem_response
+from forgehall.core.errors import COMMON_RESPONSES, install_error_handlers, problem_response
 from forgehall.core.events import EventBus
 from forgehall.core.metrics import Metrics
 from forgehall.core.middleware import RequestContextMiddleware
@@ -36,8 +36,9 @@ from forgehall.identity.oauth_routes import router as oauth_router
 from forgehall.identity.routes import auth_router, config_router
 from forgehall.identity.routes import router as identity_router
 from forgehall.issues.routes import router as issues_router
+from forgehall.live.routes import router as live_router
 from forgehall.ops.routes import router as ops_router
-from forgehall.ops.service import JobHistoryRetention
+from forgehall.ops.service import EventRetention, JobHistoryRetention
 from forgehall.settings import Problem, Settings, check_settings
 from forgehall.web.routes import router as web_router
 from forgehall.workspaces.routes import router as workspaces_router
@@ -45,7 +46,7 @@ from forgehall.workspaces.routes import router as workspaces_router
 log = structlog.get_logger("forgehall.app")
 
 #: Every background service a replica can run (names are documented in docs/operations.md).
-BACKGROUND_SERVICES: tuple[type[BackgroundService], ...] = (JobHistoryRetention,)
+BACKGROUND_SERVICES: tuple[type[BackgroundService], ...] = (JobHistoryRetention, EventRetention)
 API_PREFIX = "/api/v1"
 STATIC_DIR = Path(__file__).parent / "web" / "static"
 
@@ -142,8 +143,11 @@ def create_app(
         stop_grace=max(settings.shutdown_grace_seconds / 4, 1.0),
     )
 
+    bus = EventBus(database)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await bus.start()
         runner.start()
         log.info(
             "app.started",
@@ -155,6 +159,7 @@ def create_app(
             yield
         finally:
             await runner.stop()
+            await bus.stop()
             if db is None:
                 await database.dispose()
             log.info("app.stopped")
@@ -173,20 +178,14 @@ def create_app(
     app.state.metrics = metrics
     app.state.services = runner
     app.state.mailer = mailer or create_mailer(settings)
-    app.state.events = EventBus()
+    app.state.events = bus
     install_error_handlers(app)
     app.add_exception_handler(MailDeliveryError, _on_mail_failure)
-    for router in (
-        ops_router,
-        config_router,
-        auth_router,
-        identity_router,
-        oauth_router,
-        workspaces_router,
-        issues_router,
-        web_router,
-    ):
+    for router in (ops_router, config_router, web_router, live_router):
         app.include_router(router)
+    # JSON API routers: every route documents the problem responses it may give.
+    for router in (auth_router, identity_router, oauth_router, workspaces_router, issues_router):
+        app.include_router(router, responses=COMMON_RESPONSES)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(OriginCORSMiddleware, allowed_origins=settings.allowed_origins)
     app.add_middleware(

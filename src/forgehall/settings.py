@@ -58,14 +58,11 @@ def _meta(
     group: str,
     *,
     secret: bool = False,
-    needs_encryption_key: bool = False,
     example: str | None = None,
 ) -> dict[str, Any]:
     extra: dict[str, Any] = {"group": group}
     if secret:
         extra["secret"] = True
-    if needs_encryption_key:
-        extra["needs_encryption_key"] = True
     if example is not None:
         extra["example"] = example
     return extra
@@ -682,17 +679,15 @@ def _check_origin(s: Settings) -> Iterable[Problem]:
 
 def _check_encryption_key(s: Settings) -> Iterable[Problem]:
     if s.encryption_key is None:
-        needing = [
-            name
-            for name, info in Settings.model_fields.items()
-            if _field_extra(info).get("needs_encryption_key") and getattr(s, name)
-        ]
-        if needing and s.is_production:
-            names = ", ".join(env_names(n)[0] for n in needing)
+        # Credentials are always stored somewhere (login providers added at runtime, agent
+        # secrets, the ledger's signing key), so production needs the key; development
+        # generates one in the data directory.
+        if s.is_production:
             yield Problem(
                 "encryption_key",
-                f"is not set but {names} store credentials that must be encrypted at rest",
-                "generate a key with `forgehall config new-key` and set it",
+                "is not set (required in production: credentials are encrypted at rest)",
+                "generate a key with `forgehall config new-key`, keep it in your secret "
+                "manager and set it",
             )
         return
     for index, key in enumerate(s.encryption_key.get_secret_value().split(",")):

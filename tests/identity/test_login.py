@@ -589,3 +589,17 @@ async def test_admin_changes_are_audited(client: httpx.AsyncClient, db: Database
     events = {(e["event"], e.get("user_id"), e.get("by")) for e in logs}
     assert ("admin.user_promoted", user.user.id, root.user.id) in events
     assert ("admin.user_disabled", user.user.id, root.user.id) in events
+
+
+async def test_code_attempts_are_limited_per_account_across_addresses(
+    app: FastAPI, mailer: RecordingMailer
+) -> None:
+    statuses = []
+    for attempt in range(21):
+        async with new_client(app, ip=f"198.51.100.{attempt + 1}") as client:
+            response = await client.post(
+                "/auth/verify-code", json={"email": "target@example.com", "code": "000000"}
+            )
+            statuses.append(response.status_code)
+    assert statuses[:20] == [400] * 20
+    assert statuses[20] == 429

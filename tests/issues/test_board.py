@@ -49,6 +49,15 @@ async def team(db: Database) -> dict[str, Any]:
     }
 
 
+async def collect(subscription: Any, until: str, timeout: float = 5.0) -> list[DomainEvent]:
+    """Events delivered to a subscription, up to and including the first ``until``."""
+    events: list[DomainEvent] = []
+    async with asyncio.timeout(timeout):
+        while not events or events[-1].kind != until:
+            events.append(await subscription.queue.get())
+    return events
+
+
 async def create(api: httpx.AsyncClient, person: Person, **body: Any) -> dict[str, Any]:
     response = await api.post(
         f"{WS}/issues", headers=person.headers, json={"title": "Something", **body}
@@ -250,11 +259,7 @@ async def test_dependencies_block_and_auto_unblock(
     )
     freed = (await api.get(f"{WS}/issues/{blocked['key']}", headers=owner.headers)).json()
     assert freed["status"]["id"] == doing, "back to the status it had before"
-    events: list[DomainEvent] = []
-    while not subscription.queue.empty():
-        event = subscription.queue.get_nowait()
-        assert event is not None
-        events.append(event)
+    events = await collect(subscription, until="issue.unblocked")
     assert [e.data["issue_id"] for e in events if e.kind == "issue.unblocked"] == [blocked["id"]]
     subscription.close()
 
@@ -276,11 +281,10 @@ async def test_comments_mentions_and_inbox(
     assert (await api.get(f"{WS}/inbox/unread-count", headers=member.headers)).json() == {
         "unread": 1
     }
-    kinds = []
-    while not subscription.queue.empty():
-        event = subscription.queue.get_nowait()
-        assert event is not None
-        kinds.append((event.kind, event.data.get("agent_id")))
+    kinds = [
+        (e.kind, e.data.get("agent_id"))
+        for e in await collect(subscription, until="agent.mentioned")
+    ]
     assert ("agent.mentioned", agent.id) in kinds
     assert ("comment.created", None) in kinds
     subscription.close()
@@ -480,3 +484,35 @@ async def test_search_cursor_pagination_walks_every_match(
             break
     assert sorted(keys) == [f"ENG-{n}" for n in range(1, 6)]
     assert len(set(keys)) == 5
+
+
+async def test_review_fixes_due_sort_edited_blank_titles_prefixes_inbox_keys(
+    api: httpx.AsyncClient, team: dict[str, Any]
+) -> None:
+    owner, member = team["owner"], team["member"]
+    for i in range(5):
+        await create(api, owner, title=f"t{i}", due_date=f"2026-12-0{i + 1}" if i < 2 else None)
+    keys: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"sort": "due", "limit": 2}
+        if cursor:
+            params["cursor"] = cursor
+        page = await api.get(f"{WS}/issues", headers=owner.headers, params=params)
+        assert page.status_code == 200, page.text
+        keys += [i["key"] for i in page.json()["items"]]
+        cursor = page.json()["next_cursor"]
+        if not cursor:
+            break
+    assert keys[:2] == ["ENG-1", "ENG-2"], "dated issues first"
+    assert sorted(keys) == [f"ENG-{n}" for n in range(1, 6)], "empty dates come last, once"
+    comment = await api.post(
+        f"{WS}/issues/ENG-1/comments", headers=owner.headers, json={"body": "@mia hello"}
+    )
+    assert comment.json()["edited"] is False
+    blank = await api.post(f"{WS}/issues", headers=owner.headers, json={"title": "   "})
+    assert blank.status_code == 422
+    assert (await api.get(f"{WS}/issues/FOO-1", headers=owner.headers)).status_code == 404
+    assert (await api.get(f"{WS}/issues/eng-1", headers=owner.headers)).status_code == 200
+    inbox = (await api.get(f"{WS}/inbox", headers=member.headers)).json()
+    assert [n["issue_key"] for n in inbox] == ["ENG-1"]

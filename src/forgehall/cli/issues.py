@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, get_args
@@ -49,7 +49,7 @@ from forgehall.workspaces.schemas import MemberOut
 PRIORITIES: tuple[str, ...] = get_args(Priority)
 CATEGORIES: tuple[str, ...] = get_args(Category)
 ASSIGNEE_HELP = (
-    "me, a member's email, or agent:<id> (agents are given by id: the API has no agent "
+    "me, a member's email, or agent:ID (agents are given by id: the API has no agent "
     "list to look names up in yet)."
 )
 
@@ -144,7 +144,7 @@ class Board:
         return found
 
     def assignee(self, value: str) -> ActorRef | None:
-        """me | EMAIL | agent:<id> | none → the API's reference."""
+        """me | EMAIL | agent:ID | none → the API's reference."""
         text = value.strip()
         if text.casefold() == "none":
             return None
@@ -152,7 +152,7 @@ class Board:
             return ActorRef(kind="member", id=self.me.id)
         agent_id = text.removeprefix("agent:") if text.startswith("agent:") else ""
         if not agent_id and "@" not in text:
-            fail(f"assignee {value!r} must be me, none, an email or agent:<id>")
+            fail(f"assignee {value!r} must be me, none, an email or agent:ID")
         if agent_id:
             return ActorRef(kind="agent", id=agent_id)
         return ActorRef(kind="member", id=self.member_id(text))
@@ -169,7 +169,7 @@ class Board:
 
     def label_names(self, ids: list[str]) -> list[str]:
         names = {label.id: label.name for label in self.labels}
-        return [names.get(i, i) for i in ids]
+        return sorted(names.get(i, i) for i in ids)
 
 
 def _body(model: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
@@ -188,6 +188,11 @@ def _choice(kind: str, value: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         fail(f"unknown {kind} {value!r}; use one of {', '.join(choices)}")
     return value
+
+
+def _check_limit(limit: int) -> None:
+    if not 1 <= limit <= 200:
+        fail(f"--limit must be between 1 and 200, not {limit}")
 
 
 def _date(value: str) -> date:
@@ -242,7 +247,7 @@ CategoryFilter = Annotated[
 ]
 AssigneeFilter = Annotated[
     str | None,
-    typer.Option("--assignee", help="me, none, a member's email, or agent:<id>."),
+    typer.Option("--assignee", help="me, none, a member's email, or agent:ID."),
 ]
 LabelFilter = Annotated[
     list[str] | None, typer.Option("--label", help="Label name (repeatable; all must match).")
@@ -255,15 +260,14 @@ ParentFilter = Annotated[
     str | None, typer.Option("--parent", help="Only sub-issues of this issue key.")
 ]
 SortOption = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--sort",
-        help="position, created, updated, number or due; prefix - for descending.",
+        help="relevance (search only), position, created, updated, number or due; prefix - "
+        "to reverse (default: relevance when searching, else position).",
     ),
 ]
-LimitOption = Annotated[
-    int, typer.Option("--limit", min=1, max=200, help="Issues per page (1-200).")
-]
+LimitOption = Annotated[int, typer.Option("--limit", help="Issues per page (1-200).")]
 AllOption = Annotated[
     bool, typer.Option("--all", help="Follow the pages to the end instead of stopping at one.")
 ]
@@ -292,6 +296,8 @@ def issue_create(
 ) -> None:
     """Create an issue and print its key."""
     board = Board(workspace)
+    if not title.strip():
+        fail("the title is empty")
     values: dict[str, Any] = {"title": title}
     text = _description(description, description_file)
     if text is not None:
@@ -334,12 +340,15 @@ def _list(
     label: list[str] | None,
     priority: list[str] | None,
     parent: str | None,
-    sort: str,
+    sort: str | None,
     limit: int,
     follow: bool,
     as_json: bool,
     title: str,
 ) -> None:
+    _check_limit(limit)
+    if text is not None and not text.strip():
+        fail("the search text is empty")
     params: dict[str, Any] = {
         "status": [board.status_id(s) for s in status or []],
         "category": [_choice("category", c, CATEGORIES) for c in category or []],
@@ -368,6 +377,8 @@ def _list(
             break
     if as_json:
         typer.echo(json.dumps([i.model_dump(mode="json") for i in items], indent=2))
+    elif not items:
+        typer.echo("no issues match")
     else:
         rows: list[BaseModel] = [
             IssueRow(
@@ -380,7 +391,7 @@ def _list(
             )
             for i in items
         ]
-        _print(rows, list(IssueRow.model_fields), False, title)
+        _print(rows, list(IssueRow.model_fields), False, escape(title))
     if cursor is not None:
         typer.echo(
             f"more issues match; pass --all (or a larger --limit) to see them ({len(items)} shown)",
@@ -396,7 +407,7 @@ def issue_list(
     label: LabelFilter = None,
     priority: PriorityFilter = None,
     parent: ParentFilter = None,
-    sort: SortOption = "position",
+    sort: SortOption = None,
     limit: LimitOption = 50,
     all_pages: AllOption = False,
     workspace: WorkspaceOption = None,
@@ -430,13 +441,16 @@ def issue_search(
     label: LabelFilter = None,
     priority: PriorityFilter = None,
     parent: ParentFilter = None,
-    sort: SortOption = "position",
+    sort: SortOption = None,
     limit: LimitOption = 50,
     all_pages: AllOption = False,
     workspace: WorkspaceOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Find issues whose title or description contains TEXT (case-insensitive)."""
+    """Search issues for TEXT, best matches first.
+
+    Every word matches by prefix, in titles, descriptions and comments.
+    """
     board = Board(workspace)
     _list(
         board,
@@ -476,7 +490,7 @@ def issue_show(
             )
         )
         return
-    console = Console(width=120, highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     console.print(Text(f"{issue.key}  {issue.title}", style="bold"))
     facts = [
         ("Status", issue.status.name),
@@ -501,7 +515,13 @@ def issue_show(
     console.print(Text(f"Comments ({len(comments)})", style="bold"))
     for comment in comments:
         reply = f" in reply to {comment.parent_id}" if comment.parent_id else ""
-        edited = " (edited)" if comment.edited else ""
+        # The server stamps created_at and updated_at separately, so a fresh comment can
+        # come back with edited=true; only a later change counts here.
+        edited = (
+            " (edited)"
+            if comment.edited and comment.updated_at - comment.created_at > timedelta(seconds=1)
+            else ""
+        )
         console.print()
         console.print(
             Text(
@@ -552,6 +572,8 @@ def issue_update(
         fail("give --label or --no-labels, not both")
     values: dict[str, Any] = {}
     if title is not None:
+        if not title.strip():
+            fail("the title is empty")
         values["title"] = title
     text = _description(description, description_file)
     if text is not None:
@@ -577,12 +599,12 @@ def issue_update(
 @issue_app.command("assign")
 def issue_assign(
     key: KeyArgument,
-    assignee: Annotated[str, typer.Argument(help="me, an email, agent:<id>, or none.")],
+    assignee: Annotated[str, typer.Argument(help="me, an email, agent:ID, or none.")],
     workspace: WorkspaceOption = None,
 ) -> None:
     """Assign an issue to a member or an agent (none: unassign).
 
-    Agents are given as agent:<id>: the API has no agent list to look names up in yet.
+    Agents are given as agent:ID: the API has no agent list to look names up in yet.
     """
     board = Board(workspace)
     ref = board.assignee(assignee)
@@ -642,8 +664,11 @@ BlockerOption = Annotated[str, typer.Option("--by", help="Key of the blocking is
 
 @issue_app.command("block")
 def issue_block(key: KeyArgument, by: BlockerOption, workspace: WorkspaceOption = None) -> None:
-    """Record that another issue blocks this one (it moves to the blocked status while the
-    blocker is open)."""
+    """Record that another issue blocks this one.
+
+    While the blocker is open the issue sits in the blocked status; it returns to its
+    previous status when its last blocker is done.
+    """
     board = Board(workspace)
     board.call(
         "POST", board.issue_path(key, "/dependencies"), _body(DependencyIn, {"blocked_by": by})
@@ -653,7 +678,7 @@ def issue_block(key: KeyArgument, by: BlockerOption, workspace: WorkspaceOption 
 
 @issue_app.command("unblock")
 def issue_unblock(key: KeyArgument, by: BlockerOption, workspace: WorkspaceOption = None) -> None:
-    """Remove a dependency (the issue leaves the blocked status when no blocker is left)."""
+    """Remove a dependency; with no open blocker left the issue leaves the blocked status."""
     board = Board(workspace)
     board.call("DELETE", board.issue_path(key, f"/dependencies/{quote(by, safe='')}"))
     typer.echo(f"{key} is no longer blocked by {by}")
@@ -684,14 +709,13 @@ def inbox(
         list[str] | None,
         typer.Option("--archive", help="Archive this notification id first (repeatable)."),
     ] = None,
-    limit: Annotated[
-        int, typer.Option("--limit", min=1, max=200, help="At most this many (1-200).")
-    ] = 50,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many (1-200).")] = 50,
     workspace: WorkspaceOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Your notifications in a workspace (newest first) and the unread count."""
     board = Board(workspace)
+    _check_limit(limit)
     changes = [(i, {"read": True}) for i in read or []]
     changes += [(i, {"archived": True}) for i in archive or []]
     for notification_id, change in changes:
@@ -737,7 +761,10 @@ def inbox(
         for n in items
     ]
     title = f"Inbox of {board.slug}" + (" (archived)" if archived else "")
-    _print(rows, list(NotificationRow.model_fields), False, title)
+    if rows:
+        _print(rows, list(NotificationRow.model_fields), False, escape(title))
+    else:
+        typer.echo("no archived notifications" if archived else "no notifications")
     typer.echo(f"{count} unread")
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
@@ -32,6 +33,49 @@ _TITLES = {
     429: ("rate-limited", "Too many requests"),
     500: ("internal-error", "Internal server error"),
     503: ("unavailable", "Service unavailable"),
+}
+
+
+class Problem(BaseModel):
+    """An error (RFC 9457 problem details). ``type`` is stable; ``detail`` says what to do."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "/problems/not-found",
+                    "title": "Not found",
+                    "status": 404,
+                    "detail": "issue ENG-99 was not found",
+                    "instance": "/api/v1/workspaces/team/issues/ENG-99",
+                }
+            ]
+        },
+    )
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {
+        "model": Problem,
+        "description": description,
+        "content": {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+
+
+#: Error responses every authenticated API route may give, documented on each.
+COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: _problem("Not signed in, or the token is invalid, expired or revoked"),
+    403: _problem("Signed in, but not allowed (role, token kind, CSRF or origin check)"),
+    404: _problem("Not found — including anything in a workspace you cannot see"),
+    413: _problem("The request body is over FORGEHALL_MAX_BODY_BYTES"),
+    422: _problem("The request is invalid; `errors` lists each problem"),
+    429: _problem("Too many requests; retry after the Retry-After header"),
 }
 
 

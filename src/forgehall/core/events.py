@@ -1,25 +1,57 @@
-"""The in-process event bus: domain events published after commit.
+"""Domain events: stored, relayed between replicas, streamed to subscribers.
 
 Services collect events in an outbox while they work and publish them once their
-transaction has committed, so a subscriber never sees a change that was rolled back.
-Subscribers get a bounded queue each; one that falls behind is dropped (its queue is
-closed with an overflow marker) rather than slowing the publisher. A short history per
-workspace lets a client resume from the last event id it saw.
+transaction has committed, so nobody sees a change that was rolled back. Publishing
+writes the events to ``domain_events`` (a global, ordered id per event) and wakes every
+replica: on PostgreSQL with ``NOTIFY`` (payload: the newest id, never a document), on
+SQLite the single process wakes itself. Each replica's pump reads rows newer than the
+last it saw and hands them to the local subscribers of their workspace — so a client on
+replica A sees a change made through replica B, a missed notification is caught by the
+poll fallback, and a reconnecting client can resume from its last id on any replica.
 
-Relaying between replicas (PostgreSQL LISTEN/NOTIFY) plugs in behind ``publish``.
+Subscribers get a bounded queue each; one that falls behind is dropped (marked
+``overflowed``), never allowed to slow the publisher. Rows older than the retention are
+pruned by the ``event-retention`` background service.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-from collections import deque
+import contextlib
+import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-HISTORY_PER_WORKSPACE = 500
+import structlog
+from sqlalchemy import BigInteger, Integer, String, Text, delete, func, insert, select
+from sqlalchemy.orm import Mapped, mapped_column
+
+from forgehall.db.base import Base
+from forgehall.db.dialect import listen, notify
+from forgehall.db.engine import Database
+from forgehall.db.types import utcnow
+
+log = structlog.get_logger("forgehall.events")
+
+CHANNEL = "forgehall_events"
 SUBSCRIBER_QUEUE = 1000
+POLL_SECONDS = 1.0
+BATCH = 500
+RETENTION = timedelta(hours=1)
+
+
+class StoredEvent(Base):
+    __tablename__ = "domain_events"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    workspace_id: Mapped[str] = mapped_column(String(32), index=True)
+    kind: Mapped[str] = mapped_column(String(60))
+    data: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 @dataclass(frozen=True)
@@ -30,50 +62,180 @@ class DomainEvent:
     id: int = 0
     at: str = ""
 
+    def as_message(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.kind,
+            "workspace_id": self.workspace_id,
+            "data": self.data,
+            "at": self.at,
+        }
+
+
+def _from_row(row: StoredEvent) -> DomainEvent:
+    return DomainEvent(
+        kind=row.kind,
+        workspace_id=row.workspace_id,
+        data=json.loads(row.data),
+        id=row.id,
+        at=row.created_at.isoformat(),
+    )
+
 
 class Subscription:
     def __init__(self, bus: EventBus, workspace_id: str) -> None:
         self.bus = bus
         self.workspace_id = workspace_id
-        self.queue: asyncio.Queue[DomainEvent | None] = asyncio.Queue(SUBSCRIBER_QUEUE)
-        self.overflowed = False
+        self.queue: asyncio.Queue[DomainEvent] = asyncio.Queue(SUBSCRIBER_QUEUE)
+        self.overflowed = asyncio.Event()
 
     def close(self) -> None:
         self.bus._subscribers.get(self.workspace_id, set()).discard(self)
 
 
+Listener = Callable[[DomainEvent], Awaitable[None]]
+
+
 class EventBus:
-    def __init__(self) -> None:
-        self._ids = itertools.count(1)
+    """One per process; ``start`` it in the app's lifespan."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
         self._subscribers: dict[str, set[Subscription]] = {}
-        self._history: dict[str, deque[DomainEvent]] = {}
+        self._listeners: list[Listener] = []
+        self._wake = asyncio.Event()
+        self._last_id = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop_listening: Callable[[], Awaitable[None]] | None = None
+        self._stopping = False
 
-    async def publish(self, event: DomainEvent) -> DomainEvent:
-        stamped = DomainEvent(
-            kind=event.kind,
-            workspace_id=event.workspace_id,
-            data=event.data,
-            id=next(self._ids),
-            at=datetime.now(UTC).isoformat(),
-        )
-        history = self._history.setdefault(event.workspace_id, deque(maxlen=HISTORY_PER_WORKSPACE))
-        history.append(stamped)
-        for subscription in list(self._subscribers.get(event.workspace_id, ())):
-            try:
-                subscription.queue.put_nowait(stamped)
-            except asyncio.QueueFull:
-                subscription.overflowed = True
-                subscription.close()
-        return stamped
+    # --- publishing -----------------------------------------------------------------
+    async def publish(self, events: list[DomainEvent]) -> None:
+        if not events:
+            return
+        async with self.db.session() as session:
+            result = await session.execute(
+                insert(StoredEvent).returning(StoredEvent.id),
+                [
+                    {
+                        "workspace_id": e.workspace_id,
+                        "kind": e.kind,
+                        "data": json.dumps(e.data, default=str),
+                    }
+                    for e in events
+                ],
+            )
+            newest = max(result.scalars())
+            await notify(session, CHANNEL, str(newest))
+            await session.commit()
+        self._wake.set()
 
+    # --- consuming ------------------------------------------------------------------
     def subscribe(self, workspace_id: str) -> Subscription:
         subscription = Subscription(self, workspace_id)
         self._subscribers.setdefault(workspace_id, set()).add(subscription)
         return subscription
 
-    def since(self, workspace_id: str, last_id: int) -> list[DomainEvent] | None:
-        """Events after ``last_id``, or None when that id is older than the history."""
-        history = self._history.get(workspace_id, deque())
-        if history and last_id < history[0].id - 1:
-            return None
-        return [e for e in history if e.id > last_id]
+    def add_listener(self, listener: Listener) -> None:
+        """Called for every event of every workspace (e.g. the task queue)."""
+        self._listeners.append(listener)
+
+    async def since(self, workspace_id: str, last_id: int) -> list[DomainEvent] | None:
+        """A workspace's events after ``last_id``; None when that id is older than what is
+        retained (the client must reload its state)."""
+        async with self.db.read_session() as session:
+            oldest = await session.scalar(select(func.min(StoredEvent.id)))
+            if oldest is not None and last_id < oldest - 1:
+                return None
+            rows = await session.execute(
+                select(StoredEvent)
+                .where(StoredEvent.workspace_id == workspace_id, StoredEvent.id > last_id)
+                .order_by(StoredEvent.id)
+                .limit(BATCH)
+            )
+            return [_from_row(r) for r in rows.scalars()]
+
+    async def start(self) -> None:
+        async with self.db.read_session() as session:
+            self._last_id = int(await session.scalar(select(func.max(StoredEvent.id))) or 0)
+        if not self.db.is_sqlite:
+            try:
+                self._stop_listening = await listen(self.db, CHANNEL, self._wake.set)
+            except Exception as exc:  # polling still delivers, only later
+                log.warning("events.listen_failed", error=f"{type(exc).__name__}: {exc}")
+        self._tasks.append(asyncio.create_task(self._pump(), name="event-pump"))
+
+    async def stop(self) -> None:
+        # Let the pump finish the query it is in (cancelling mid-query can leave a
+        # pooled connection busy), then cancel what is left.
+        self._stopping = True
+        self._wake.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=5)
+            for task in pending:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._tasks.clear()
+        if self._stop_listening is not None:
+            await self._stop_listening()
+            self._stop_listening = None
+
+    async def _pump(self) -> None:
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                await self._deliver_new()
+            except Exception as exc:
+                log.warning("events.pump_failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def _deliver_new(self) -> None:
+        while True:
+            async with self.db.read_session() as session:
+                rows = list(
+                    (
+                        await session.execute(
+                            select(StoredEvent)
+                            .where(StoredEvent.id > self._last_id)
+                            .order_by(StoredEvent.id)
+                            .limit(BATCH)
+                        )
+                    ).scalars()
+                )
+            for row in rows:
+                event = _from_row(row)
+                self._last_id = row.id
+                self._dispatch(event)
+                for listener in self._listeners:
+                    try:
+                        await listener(event)
+                    except Exception as exc:
+                        log.exception(
+                            "events.listener_failed",
+                            kind=event.kind,
+                            error=f"{type(exc).__name__}: {exc}",
+                        )
+            if len(rows) < BATCH:
+                return
+
+    def _dispatch(self, event: DomainEvent) -> None:
+        for subscription in list(self._subscribers.get(event.workspace_id, ())):
+            try:
+                subscription.queue.put_nowait(event)
+            except asyncio.QueueFull:
+                subscription.overflowed.set()
+                subscription.close()
+                log.warning("events.subscriber_dropped", workspace_id=event.workspace_id)
+
+
+async def prune_events(db: Database, older_than: timedelta = RETENTION) -> int:
+    async with db.session() as session:
+        result = await session.execute(
+            delete(StoredEvent).where(StoredEvent.created_at < datetime.now(UTC) - older_than)
+        )
+        await session.commit()
+        return int(result.rowcount)  # type: ignore[attr-defined]

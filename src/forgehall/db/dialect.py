@@ -6,10 +6,21 @@ is a single process writing, so a lock is always granted.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
+import asyncpg
+import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+if TYPE_CHECKING:
+    from forgehall.db.engine import Database
+
+log = structlog.get_logger("forgehall.db")
 
 
 def advisory_lock_key(name: str) -> int:
@@ -63,3 +74,59 @@ async def transaction_lock(session: AsyncSession, name: str) -> None:
     await session.execute(
         text("SELECT pg_advisory_xact_lock(:key)"), {"key": advisory_lock_key(name)}
     )
+
+
+async def notify(session: AsyncSession, channel: str, payload: str) -> None:
+    """Send ``NOTIFY`` when the transaction commits (PostgreSQL); nothing on SQLite."""
+    if session.get_bind().dialect.name == "sqlite":
+        return
+    await session.execute(
+        text("SELECT pg_notify(:channel, :payload)"), {"channel": channel, "payload": payload}
+    )
+
+
+async def listen(
+    db: Database, channel: str, on_notify: Callable[[], None]
+) -> Callable[[], Awaitable[None]]:
+    """LISTEN on a dedicated connection (never through a transaction-pooling proxy's
+    pooled session); returns a coroutine function that stops listening.
+
+    A lost connection is replaced in the background: waking is only an accelerator, the
+    caller also polls.
+    """
+    dsn = db.config.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    stopped = asyncio.Event()
+    holder: dict[str, Any] = {}
+
+    def _callback(*_args: Any) -> None:
+        on_notify()
+
+    async def _connect() -> None:
+        connection = await asyncpg.connect(dsn, timeout=5)
+        await connection.add_listener(channel, _callback)
+        holder["connection"] = connection
+
+    async def _watch() -> None:
+        while not stopped.is_set():
+            await asyncio.sleep(2)
+            connection = holder.get("connection")
+            if connection is None or connection.is_closed():
+                try:
+                    await _connect()
+                    on_notify()  # catch up on anything sent while we were away
+                except Exception as exc:
+                    log.warning("db.listen_reconnect_failed", error=f"{type(exc).__name__}")
+
+    await _connect()
+    watcher = asyncio.create_task(_watch(), name=f"listen:{channel}")
+
+    async def stop() -> None:
+        stopped.set()
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        connection = holder.get("connection")
+        if connection is not None and not connection.is_closed():
+            await connection.close()
+
+    return stop

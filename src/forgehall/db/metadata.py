@@ -18,6 +18,7 @@ from forgehall.db.base import Base
 MODEL_MODULES: tuple[str, ...] = (
     "forgehall.db.jobs",
     "forgehall.db.ratelimit",
+    "forgehall.core.events",
     "forgehall.identity.models",
     "forgehall.workspaces.models",
     "forgehall.agents.models",

@@ -61,6 +61,7 @@ CODE_MAX_ATTEMPTS = 5
 CODE_RESEND_INTERVAL = timedelta(seconds=60)
 SEND_CODE_PER_IP_PER_HOUR = 30
 VERIFY_PER_IP_PER_HOUR = 60
+VERIFY_PER_ACCOUNT_PER_HOUR = 20
 TOKEN_KINDS = {"pat": "personal", "dmn": "daemon", "tsk": "task"}
 TokenKindName = Literal["pat", "dmn", "tsk"]
 
@@ -256,6 +257,14 @@ async def verify_login_code(
         VERIFY_PER_IP_PER_HOUR,
         timedelta(hours=1),
         "code attempts from this address",
+    )
+    # Per account too, so rotating IPs cannot guess one person's codes faster.
+    await enforce_rate_limit(
+        session,
+        f"verify-code:email:{email}",
+        VERIFY_PER_ACCOUNT_PER_HOUR,
+        timedelta(hours=1),
+        "code attempts for this account; request a new code later",
     )
     code = code.strip()
     dev = settings.dev_login_code

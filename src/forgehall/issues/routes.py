@@ -394,10 +394,18 @@ async def read_inbox(
     unread: bool = False,
     archived: bool = False,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-) -> list[Any]:
-    return await service.list_notifications(
+) -> list[NotificationOut]:
+    rows = await service.list_notifications(
         session, access, unread_only=unread, archived=archived, limit=limit
     )
+    numbers = await service.issue_numbers(session, [n.issue_id for n in rows])
+    prefix = access.workspace.key_prefix
+    return [
+        NotificationOut.model_validate(n).model_copy(
+            update={"issue_key": f"{prefix}-{numbers[n.issue_id]}"}
+        )
+        for n in rows
+    ]
 
 
 @router.get("/inbox/unread-count", response_model=UnreadCount, summary="Unread notifications")

@@ -162,6 +162,7 @@ class NotificationOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: str
     issue_id: str
+    issue_key: str = ""
     comment_id: str | None
     kind: str
     summary: str

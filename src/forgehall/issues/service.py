@@ -96,8 +96,7 @@ class Outbox:
 
     async def publish(self, bus: EventBus | None) -> None:
         if bus is not None:
-            for event in self.events:
-                await bus.publish(event)
+            await bus.publish(self.events)
         self.events.clear()
 
 
@@ -193,6 +192,11 @@ async def get_issue_or_404(session: AsyncSession, access: Access, key: str) -> I
     match = KEY.match(key)
     query = select(Issue).where(Issue.workspace_id == access.workspace.id)
     if match:
+        if match.group(1).upper() != access.workspace.key_prefix:
+            raise ProblemError(
+                404,
+                f"issue {key} was not found (keys here start with {access.workspace.key_prefix}-)",
+            )
         query = query.where(Issue.number == int(match.group(2)))
     elif key.isdigit():
         query = query.where(Issue.number == int(key))
@@ -371,7 +375,7 @@ async def create_issue(
     issue = Issue(
         workspace_id=access.workspace.id,
         number=number,
-        title=data.title.strip(),
+        title=_title(data.title),
         description=data.description,
         status_id=status.id,
         priority=data.priority,
@@ -449,7 +453,7 @@ async def update_issue(
             changed.append(name)
 
     if patch.title is not UNSET:
-        change("title", issue.title, str(patch.title).strip())
+        change("title", issue.title, _title(str(patch.title)))
     if patch.description is not UNSET:
         change("description", issue.description, patch.description)
     if patch.priority is not UNSET:
@@ -546,6 +550,13 @@ async def update_issue(
     for issue_id in wakes:
         outbox.add("issue.unblocked", access.workspace.id, issue_id=issue_id)
     return issue
+
+
+def _title(value: str) -> str:
+    title = value.strip()
+    if not title:
+        raise ProblemError(422, "the title is empty", type_="invalid-title", field="title")
+    return title
 
 
 def _text(value: Any) -> str | None:
@@ -973,6 +984,7 @@ async def add_comment(
             )
     actor = Actor.of(access)
     targets = await resolve_mentions(session, access, body, mentions)
+    written = now()
     comment = Comment(
         workspace_id=access.workspace.id,
         issue_id=issue.id,
@@ -980,6 +992,8 @@ async def add_comment(
         author_user_id=actor.user_id,
         author_agent_id=actor.agent_id,
         body=body,
+        created_at=written,
+        updated_at=written,
     )
     session.add(comment)
     await session.flush()
@@ -1259,12 +1273,16 @@ async def list_issues(
     if f.cursor:
         value, last_id = _decode_cursor(f.cursor)
         typed = _cursor_value(name, value)
-        if descending:
-            query = query.where(or_(column < typed, and_(column == typed, Issue.id > last_id)))
+        if typed is None:  # inside the trailing run of empty values (due dates)
+            query = query.where(column.is_(None), Issue.id > last_id)
         else:
-            query = query.where(or_(column > typed, and_(column == typed, Issue.id > last_id)))
+            beyond = column < typed if descending else column > typed
+            query = query.where(
+                or_(beyond, and_(column == typed, Issue.id > last_id), column.is_(None))
+            )
+    # Empty values (only due dates can be empty) always come last, in either direction.
     ordered = query.add_columns(column.label("sort_value")).order_by(
-        column.desc() if descending else column.asc(), Issue.id
+        column.is_(None), column.desc() if descending else column.asc(), Issue.id
     )
     rows: list[Any] = list((await session.execute(ordered.limit(f.limit + 1))).all())
     next_cursor = None
@@ -1323,3 +1341,10 @@ def _cursor_value(sort: str, value: str | None) -> Any:
             422, "the cursor is malformed; start again without it", type_="invalid-cursor"
         ) from None
     return value
+
+
+async def issue_numbers(session: AsyncSession, issue_ids: list[str]) -> dict[str, int]:
+    if not issue_ids:
+        return {}
+    rows = await session.execute(select(Issue.id, Issue.number).where(Issue.id.in_(issue_ids)))
+    return {issue_id: number for issue_id, number in rows.all()}

@@ -12,6 +12,7 @@ from typing import ClassVar
 
 from sqlalchemy import delete
 
+from forgehall.core.events import prune_events
 from forgehall.core.logging import redactor
 from forgehall.core.services import BackgroundService
 from forgehall.db.engine import Database
@@ -64,3 +65,15 @@ class JobHistoryRetention(BackgroundService):
         async with self.db.session() as session:
             await session.execute(delete(JobExecution).where(JobExecution.plan_time < cutoff))
             await session.commit()
+
+
+class EventRetention(BackgroundService):
+    """Deletes domain events older than an hour (clients resuming from older ids are
+    told to resync)."""
+
+    name: ClassVar[str] = "event-retention"
+    default_interval: ClassVar[float] = 300.0
+    leader_only: ClassVar[bool] = True
+
+    async def run_once(self) -> None:
+        await prune_events(self.db)

@@ -1,0 +1,1 @@
+"""Live updates: the WebSocket that streams a workspace's domain events."""

@@ -1,0 +1,204 @@
+"""Live events over a real WebSocket against real server processes: delivery, origin
+and access checks, resume, and a change made through another replica."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from forgehall.core.events import SUBSCRIBER_QUEUE, DomainEvent, EventBus
+from forgehall.db.engine import Database
+from tests.conftest import PostgresTemplates, run_in_thread
+from tests.process import ServerProcess, base_env, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def admin_token(server: ServerProcess, env: dict[str, str]) -> str:
+    """First-run link -> session -> personal access token, as a new instance would."""
+    link = run_cli("admin", "bootstrap", env=env).stdout.strip()
+    token = link.rsplit("/", 1)[1]
+    origin = f"http://localhost:{server.port}"
+    with httpx.Client(base_url=server.url, headers={"origin": origin}) as browser:
+        assert (
+            browser.post(
+                "/auth/setup", json={"token": token, "email": "admin@example.com"}
+            ).status_code
+            == 200
+        )
+        pat = browser.post("/api/v1/me/tokens", json={"name": "live tests"})
+        assert pat.status_code == 201, pat.text
+        return str(pat.json()["token"])
+
+
+def api(server: ServerProcess, token: str) -> httpx.Client:
+    return httpx.Client(
+        base_url=server.url, headers={"authorization": f"Bearer {token}"}, timeout=10
+    )
+
+
+async def next_message(ws: Any, kind: str, timeout: float = 5.0) -> dict[str, Any]:
+    async with asyncio.timeout(timeout):
+        while True:
+            message = json.loads(await ws.recv())
+            if message["type"] == kind:
+                return dict(message)
+
+
+def ws_url(server: ServerProcess, **params: Any) -> str:
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return f"ws://127.0.0.1:{server.port}/api/v1/ws?{query}"
+
+
+async def test_events_stream_and_resume(tmp_path: Path) -> None:
+    env = base_env(tmp_path)
+    with ServerProcess(tmp_path, env=dict(env)) as server:
+        server.wait_ready()
+        token = admin_token(server, env)
+        bearer = {"Authorization": f"Bearer {token}"}
+        with api(server, token) as client:
+            assert (
+                client.post(
+                    "/api/v1/workspaces", json={"slug": "team", "name": "Team", "key_prefix": "ENG"}
+                ).status_code
+                == 201
+            )
+            async with connect(ws_url(server, workspace="team"), additional_headers=bearer) as ws:
+                started = time.monotonic()
+                created = client.post("/api/v1/workspaces/team/issues", json={"title": "Live"})
+                assert created.status_code == 201
+                message = await next_message(ws, "issue.created")
+                latency = time.monotonic() - started
+                assert message["data"]["issue_id"] == created.json()["id"]
+                assert latency < 5
+                last_id = message["id"]
+            # While disconnected: two more changes.
+            client.post("/api/v1/workspaces/team/issues/ENG-1/comments", json={"body": "hi"})
+            client.patch(
+                "/api/v1/workspaces/team/issues/ENG-1", json={"revision": 1, "title": "Renamed"}
+            )
+            async with connect(
+                ws_url(server, workspace="team", last_event_id=last_id), additional_headers=bearer
+            ) as ws:
+                kinds = [json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] for _ in range(2)]
+                assert kinds == ["comment.created", "issue.updated"]
+            async with connect(
+                ws_url(server, workspace="team", last_event_id=-5000), additional_headers=bearer
+            ) as ws:
+                first = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                assert first["type"] in ("resync", "issue.created")
+        assert server.stop() == 0
+
+
+async def test_upgrades_are_refused_for_foreign_origins_strangers_and_other_workspaces(
+    tmp_path: Path,
+) -> None:
+    env = base_env(tmp_path)
+    with ServerProcess(tmp_path, env=dict(env)) as server:
+        server.wait_ready()
+        token = admin_token(server, env)
+        with api(server, token) as client:
+            client.post(
+                "/api/v1/workspaces", json={"slug": "team", "name": "T", "key_prefix": "ENG"}
+            )
+        bearer = {"Authorization": f"Bearer {token}"}
+        refusals = [
+            (ws_url(server, workspace="team"), {**bearer, "Origin": "https://evil.example"}),
+            (ws_url(server, workspace="team"), {}),
+            (ws_url(server, workspace="team"), {"Authorization": "Bearer fh_pat_" + "x" * 43}),
+            (ws_url(server, workspace="nope"), bearer),
+        ]
+        for url, headers in refusals:
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(url, additional_headers=headers):
+                    pass
+            assert refused.value.response.status_code == 403, headers
+        allowed = {**bearer, "Origin": f"http://localhost:{server.port}"}
+        async with connect(ws_url(server, workspace="team"), additional_headers=allowed):
+            pass
+        assert "ws.refused" in server.output()
+        assert server.stop() == 0
+
+
+@pytest.mark.postgres_only
+async def test_a_change_through_replica_b_reaches_a_client_of_replica_a(
+    tmp_path: Path, pg_templates: PostgresTemplates
+) -> None:
+    url = run_in_thread(pg_templates.clone)
+    env = base_env(tmp_path, DATABASE_URL=url)
+    replica_a = ServerProcess(tmp_path, env=dict(env), name="a")
+    replica_b = ServerProcess(tmp_path, env=dict(env), name="b")
+    try:
+        replica_a.start()
+        replica_b.start()
+        replica_a.wait_ready()
+        replica_b.wait_ready()
+        token = admin_token(replica_a, env)
+        bearer = {"Authorization": f"Bearer {token}"}
+        with api(replica_b, token) as through_b:
+            through_b.post(
+                "/api/v1/workspaces", json={"slug": "team", "name": "T", "key_prefix": "ENG"}
+            )
+            latencies = []
+            async with connect(
+                ws_url(replica_a, workspace="team"), additional_headers=bearer
+            ) as ws:
+                for i in range(5):
+                    started = time.monotonic()
+                    created = through_b.post(
+                        "/api/v1/workspaces/team/issues", json={"title": f"via B {i}"}
+                    )
+                    assert created.status_code == 201
+                    message = await next_message(ws, "issue.created", timeout=5)
+                    latencies.append(time.monotonic() - started)
+                    assert message["data"]["issue_id"] == created.json()["id"]
+        assert max(latencies) < 1.0, f"cross-replica latencies: {latencies}"
+    finally:
+        replica_a.stop()
+        replica_b.stop()
+        run_in_thread(lambda: pg_templates.drop(url))
+
+
+async def test_a_slow_subscriber_is_dropped_not_waited_for(db: Database) -> None:
+    bus = EventBus(db)
+    await bus.start()
+    total = SUBSCRIBER_QUEUE + 10
+    try:
+        slow = bus.subscribe("ws-1")  # never reads
+        fast = bus.subscribe("ws-1")
+        received = 0
+
+        async def drain() -> None:
+            nonlocal received
+            while received < total:
+                await fast.queue.get()
+                received += 1
+
+        reader = asyncio.create_task(drain())
+        await bus.publish(
+            [
+                DomainEvent(kind="issue.updated", workspace_id="ws-1", data={"n": i})
+                for i in range(total)
+            ]
+        )
+        async with asyncio.timeout(15):
+            await slow.overflowed.wait()
+            await reader
+        assert received == total
+        assert not fast.overflowed.is_set()
+        assert slow not in bus._subscribers["ws-1"]
+        assert fast in bus._subscribers["ws-1"]
+    finally:
+        await bus.stop()
+
+
+_ = re
