@@ -20,14 +20,22 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from forgehall.core.deps import SessionDep, SettingsDep
 from forgehall.core.errors import ProblemError
 from forgehall.identity.mail import Mailer
 from forgehall.identity.models import ApiToken, User
-from forgehall.identity.service import authenticate_session, authenticate_token
+from forgehall.identity.service import (
+    IssuedSession,
+    authenticate_session,
+    authenticate_token,
+    create_session,
+    revoke_session,
+)
+from forgehall.settings import Settings
 
 SESSION_COOKIE = "forgehall_session"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -169,3 +177,47 @@ def get_mailer(request: Request) -> Mailer:
 
 
 MailerDep = Annotated[Mailer, Depends(get_mailer)]
+
+
+def set_session_cookie(response: Response, settings: Settings, token: str) -> None:
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=settings.session_ttl_hours * 3600,
+        httponly=True,
+        samesite="lax",
+        secure=settings.cookie_secure,
+        domain=settings.cookie_domain,
+        path="/",
+    )
+
+
+async def start_session(
+    request: Request,
+    response: Response,
+    session: AsyncSession,
+    settings: Settings,
+    user: User,
+    *,
+    method: str,
+) -> IssuedSession:
+    """The one way a browser session begins: a session row, and its cookie on ``response``."""
+    issued = await create_session(
+        session,
+        settings,
+        user,
+        user_agent=request.headers.get("user-agent", ""),
+        ip=client_ip(request),
+        method=method[:40],
+    )
+    set_session_cookie(response, settings, issued.jwt)
+    return issued
+
+
+async def end_session(
+    response: Response, principal: Principal | None, session: AsyncSession, settings: Settings
+) -> None:
+    """Revoke the caller's browser session (if any) and clear its cookie on ``response``."""
+    if principal is not None and principal.session_id is not None:
+        await revoke_session(session, principal.user, principal.session_id)
+    response.delete_cookie(SESSION_COOKIE, path="/", domain=settings.cookie_domain)

@@ -16,9 +16,8 @@ from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from forgehall.core.deps import SessionDep, SettingsDep
-from forgehall.identity import oauth, service
-from forgehall.identity.auth import InstanceAdmin, client_ip
-from forgehall.identity.routes import set_session_cookie
+from forgehall.identity import oauth
+from forgehall.identity.auth import InstanceAdmin, client_ip, start_session
 
 router = APIRouter(tags=["login"])
 
@@ -100,16 +99,8 @@ async def finish_login(
         error=error,
         error_description=error_description,
     )
-    issued = await service.create_session(
-        session,
-        settings,
-        user,
-        user_agent=request.headers.get("user-agent", ""),
-        ip=client_ip(request),
-        method=config.slug[:40],
-    )
     response = RedirectResponse(redirect_to, status_code=303, headers=NO_STORE)
-    set_session_cookie(response, settings, issued.jwt)
+    await start_session(request, response, session, settings, user, method=config.slug)
     return response
 
 

@@ -12,13 +12,14 @@ from forgehall.core.deps import SessionDep, SettingsDep
 from forgehall.core.errors import ProblemError
 from forgehall.identity import oauth, service
 from forgehall.identity.auth import (
-    SESSION_COOKIE,
     CurrentUser,
     InstanceAdmin,
     MailerDep,
     OptionalPrincipal,
     UserPrincipal,
     client_ip,
+    end_session,
+    start_session,
 )
 from forgehall.identity.models import User
 from forgehall.identity.schemas import (
@@ -111,19 +112,6 @@ async def send_code(
     return Accepted()
 
 
-def set_session_cookie(response: Response, settings: Settings, token: str) -> None:
-    response.set_cookie(
-        SESSION_COOKIE,
-        token,
-        max_age=settings.session_ttl_hours * 3600,
-        httponly=True,
-        samesite="lax",
-        secure=settings.cookie_secure,
-        domain=settings.cookie_domain,
-        path="/",
-    )
-
-
 @auth_router.post(
     "/verify-code",
     response_model=LoginOut,
@@ -151,15 +139,7 @@ async def verify_code(
             token=token.plaintext,
             expires_at=token.row.expires_at,
         )
-    issued = await service.create_session(
-        session,
-        settings,
-        user,
-        user_agent=request.headers.get("user-agent", ""),
-        ip=client_ip(request),
-        method="email",
-    )
-    set_session_cookie(response, settings, issued.jwt)
+    issued = await start_session(request, response, session, settings, user, method="email")
     return LoginOut(
         user=UserOut.model_validate(user),
         session_id=issued.row.id,
@@ -180,15 +160,7 @@ async def complete_setup(
     body: SetupIn, request: Request, response: Response, session: SessionDep, settings: SettingsDep
 ) -> LoginOut:
     user = await service.complete_setup(session, settings, body.token, body.email)
-    issued = await service.create_session(
-        session,
-        settings,
-        user,
-        user_agent=request.headers.get("user-agent", ""),
-        ip=client_ip(request),
-        method="setup-link",
-    )
-    set_session_cookie(response, settings, issued.jwt)
+    issued = await start_session(request, response, session, settings, user, method="setup-link")
     return LoginOut(
         user=UserOut.model_validate(user),
         session_id=issued.row.id,
@@ -211,10 +183,8 @@ async def exchange_cli_code(body: CliExchangeIn, session: SessionDep) -> LoginOu
 async def logout(
     principal: OptionalPrincipal, response: Response, session: SessionDep, settings: SettingsDep
 ) -> Response:
-    if principal is not None and principal.session_id is not None:
-        await service.revoke_session(session, principal.user, principal.session_id)
     response = Response(status_code=204)
-    response.delete_cookie(SESSION_COOKIE, path="/", domain=settings.cookie_domain)
+    await end_session(response, principal, session, settings)
     return response
 
 

@@ -17,8 +17,13 @@ from fastapi.templating import Jinja2Templates
 from forgehall.core.deps import SessionDep, SettingsDep
 from forgehall.core.errors import ProblemError
 from forgehall.identity import service
-from forgehall.identity.auth import SESSION_COOKIE, MailerDep, OptionalPrincipal, client_ip
-from forgehall.identity.routes import set_session_cookie
+from forgehall.identity.auth import (
+    MailerDep,
+    OptionalPrincipal,
+    client_ip,
+    end_session,
+    start_session,
+)
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 router = APIRouter(include_in_schema=False)
@@ -92,16 +97,8 @@ async def login_verify(
             email=email,
             error=exc.detail,
         )
-    issued = await service.create_session(
-        session,
-        settings,
-        user,
-        user_agent=request.headers.get("user-agent", ""),
-        ip=client_ip(request),
-        method="email",
-    )
     response = RedirectResponse(safe_next(next), status_code=303)
-    set_session_cookie(response, settings, issued.jwt)
+    await start_session(request, response, session, settings, user, method="email")
     return response
 
 
@@ -179,10 +176,8 @@ async def home(request: Request, principal: OptionalPrincipal, session: SessionD
 async def logout_page(
     principal: OptionalPrincipal, session: SessionDep, settings: SettingsDep
 ) -> Response:
-    if principal is not None and principal.session_id is not None:
-        await service.revoke_session(session, principal.user, principal.session_id)
     response = RedirectResponse("/login", status_code=303)
-    response.delete_cookie(SESSION_COOKIE, path="/", domain=settings.cookie_domain)
+    await end_session(response, principal, session, settings)
     return response
 
 
@@ -205,16 +200,8 @@ async def setup_submit(
         return render(
             request, "setup.html", status=exc.status, token=token, email=email, error=exc.detail
         )
-    issued = await service.create_session(
-        session,
-        settings,
-        user,
-        user_agent=request.headers.get("user-agent", ""),
-        ip=client_ip(request),
-        method="setup-link",
-    )
     response = RedirectResponse("/", status_code=303)
-    set_session_cookie(response, settings, issued.jwt)
+    await start_session(request, response, session, settings, user, method="setup-link")
     return response
 
 
