@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -14,6 +15,7 @@ from forgehall.db.engine import Database
 from forgehall.db.metadata import target_metadata
 from forgehall.db.migrate import (
     SchemaAheadError,
+    alembic_config,
     downgrade,
     head_revision,
     migration_status,
@@ -89,3 +91,42 @@ def test_revision_files_are_numbered_in_order() -> None:
     names = sorted(p.name for p in versions.glob("[0-9]*.py"))
     revisions = [r.revision for r in reversed(list(script_directory().walk_revisions()))]
     assert [n.split("_", 1)[0] for n in names] == revisions
+
+
+async def test_upgrading_a_database_with_data_keeps_it(empty_db: Database) -> None:
+    """Each migration must work on a populated database, not only an empty one."""
+    from alembic import command
+
+    def upgrade_to(revision: str) -> Any:
+        return lambda sync: command.upgrade(alembic_config(sync), revision)
+
+    async with empty_db.engine.connect() as conn:
+        await conn.run_sync(upgrade_to("0004"))
+        await conn.commit()
+        await conn.execute(
+            text(
+                "INSERT INTO users (id, email, name, is_instance_admin, is_disabled, created_at) "
+                "VALUES ('u1', 'a@example.com', 'a', false, false, CURRENT_TIMESTAMP)"
+            )
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO workspaces (id, slug, name, key_prefix, created_at) "
+                "VALUES ('w1', 'team', 'Team', 'ENG', CURRENT_TIMESTAMP)"
+            )
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO agents (id, workspace_id, name, avatar, created_at) "
+                "VALUES ('a1', 'w1', 'claude', '', CURRENT_TIMESTAMP)"
+            )
+        )
+        await conn.commit()
+    assert await upgrade_to_head(empty_db)
+    async with empty_db.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text("SELECT provider, max_concurrent_tasks, runtime_pool FROM agents")
+            )
+        ).one()
+    assert tuple(row) == ("claude", 6, "[]")

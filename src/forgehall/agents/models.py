@@ -1,19 +1,36 @@
-"""Tables of the agents domain.
+"""Tables of the agents domain: agent profiles, runtimes and the task queue.
 
-The board needs agents as assignees and mention targets from the start; the profile
-(provider, model, instructions, runtime pool…) grows with the task-queue work.
+Task states: ``queued → dispatched → running → completed | failed | cancelled``. A
+claim hands out a lease (``lease_expires_at``) and a fresh ``lease_token``; every later
+report must carry the current token. At most one *active* task (queued, dispatched or
+running) exists per (issue, agent): a partial unique index enforces it on both
+databases.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String, UniqueConstraint
+from sqlalchemy import (
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from forgehall.db.base import Base
-from forgehall.db.types import utcnow
+from forgehall.db.types import EncryptedText, utcnow
 from forgehall.identity.models import new_id
+
+PROVIDERS = ("claude", "codex", "cursor", "opencode", "copilot", "gemini", "qwen", "acp", "custom")
+ACTIVE_STATES = ("queued", "dispatched", "running")
+TASK_STATES = (*ACTIVE_STATES, "completed", "failed", "cancelled")
+_ACTIVE_SQL = "status IN ('queued', 'dispatched', 'running')"
 
 
 class Agent(Base):
@@ -26,5 +43,88 @@ class Agent(Base):
     )
     name: Mapped[str] = mapped_column(String(100))
     avatar: Mapped[str] = mapped_column(String(500), default="")
+    instructions: Mapped[str] = mapped_column(Text, default="")
+    provider: Mapped[str] = mapped_column(String(20), default="claude")
+    model: Mapped[str] = mapped_column(String(200), default="")
+    custom_command: Mapped[str] = mapped_column(Text, default="")
+    extra_args: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of strings
+    env: Mapped[str | None] = mapped_column(EncryptedText, default=None)  # JSON object
+    max_concurrent_tasks: Mapped[int] = mapped_column(Integer, default=6)
+    runtime_pool: Mapped[str] = mapped_column(Text, default="[]")  # JSON ids; [] = any
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     archived_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Runtime(Base):
+    """A machine's daemon serving one workspace; online while heartbeats arrive."""
+
+    __tablename__ = "runtimes"
+    __table_args__ = (UniqueConstraint("workspace_id", "daemon_id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    workspace_id: Mapped[str] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), index=True
+    )
+    daemon_id: Mapped[str] = mapped_column(String(64))
+    machine: Mapped[str] = mapped_column(String(200), default="")
+    providers: Mapped[str] = mapped_column(Text, default="{}")  # JSON {provider: version}
+    capacity: Mapped[int] = mapped_column(Integer, default=20)
+    token_id: Mapped[str | None] = mapped_column(
+        ForeignKey("api_tokens.id", ondelete="SET NULL"), default=None
+    )
+    registered_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('queued','dispatched','running','completed','failed','cancelled')",
+            name="status_known",
+        ),
+        Index(
+            "uq_tasks_one_active_per_issue_agent",
+            "issue_id",
+            "agent_id",
+            unique=True,
+            sqlite_where=text(_ACTIVE_SQL),
+            postgresql_where=text(_ACTIVE_SQL),
+        ),
+        Index(
+            "ix_tasks_claimable",
+            "workspace_id",
+            "available_at",
+            sqlite_where=text("status = 'queued'"),
+            postgresql_where=text("status = 'queued'"),
+        ),
+        Index(
+            "ix_tasks_lease",
+            "lease_expires_at",
+            sqlite_where=text("status IN ('dispatched', 'running')"),
+            postgresql_where=text("status IN ('dispatched', 'running')"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    issue_id: Mapped[str] = mapped_column(ForeignKey("issues.id", ondelete="CASCADE"), index=True)
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(12), default="queued")
+    trigger: Mapped[str] = mapped_column(String(30), default="assigned")
+    follow_up: Mapped[bool] = mapped_column(default=False)
+    runtime_id: Mapped[str | None] = mapped_column(
+        ForeignKey("runtimes.id", ondelete="SET NULL"), default=None, index=True
+    )
+    lease_token: Mapped[str | None] = mapped_column(String(64), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    available_at: Mapped[datetime] = mapped_column(default=utcnow)
+    failure_class: Mapped[str | None] = mapped_column(String(30), default=None)
+    failure_detail: Mapped[str | None] = mapped_column(Text, default=None)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(default=None)
+    session_id: Mapped[str | None] = mapped_column(String(200), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -1,0 +1,341 @@
+"""The task queue driven like a daemon would, at the service level, on both databases:
+coalescing, claims, fencing, leases, retries, cancellation, follow-ups, orphans."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, update
+
+from forgehall.agents import queue
+from forgehall.agents.models import Agent, Runtime, Task
+from forgehall.core.errors import ProblemError
+from forgehall.db.engine import Database
+from forgehall.db.url import resolve_database
+from forgehall.issues.models import Issue
+from forgehall.settings import Settings
+from tests.conftest import make_person, make_workspace
+
+
+@pytest.fixture
+async def world(db: Database) -> dict[str, Any]:
+    owner = await make_person(db, "owner@example.com")
+    workspace = await make_workspace(db, owner, "team")
+    async with db.session() as session:
+        from forgehall.issues.models import Status
+
+        status = await session.scalar(
+            select(Status).where(Status.workspace_id == workspace.id, Status.category == "todo")
+        )
+        assert status is not None
+        issues = [
+            Issue(workspace_id=workspace.id, number=n, title=f"issue {n}", status_id=status.id)
+            for n in range(1, 4)
+        ]
+        claude = Agent(
+            workspace_id=workspace.id, name="claude", provider="claude", max_concurrent_tasks=2
+        )
+        codex = Agent(workspace_id=workspace.id, name="codex", provider="codex")
+        runtimes = [
+            Runtime(
+                workspace_id=workspace.id,
+                daemon_id=f"d{i}",
+                providers='{"claude": "1.0", "codex": "0.9"}',
+            )
+            for i in range(2)
+        ]
+        session.add_all([*issues, claude, codex, *runtimes])
+        await session.commit()
+    return {
+        "workspace": workspace,
+        "issues": issues,
+        "claude": claude,
+        "codex": codex,
+        "runtimes": runtimes,
+    }
+
+
+async def trigger(
+    db: Database, w: dict[str, Any], issue: int = 0, agent: str = "claude"
+) -> queue.Enqueued:
+    async with db.session() as session:
+        return await queue.enqueue(
+            session,
+            workspace_id=w["workspace"].id,
+            issue_id=w["issues"][issue].id,
+            agent_id=w[agent].id,
+            trigger="assigned",
+        )
+
+
+async def claim(
+    db: Database,
+    w: dict[str, Any],
+    runtime: int = 0,
+    limit: int = 10,
+    providers: tuple[str, ...] = ("claude", "codex"),
+) -> list[Task]:
+    async with db.session() as session:
+        rt = await session.get(Runtime, w["runtimes"][runtime].id)
+        assert rt is not None
+        return await queue.claim(session, rt, list(providers), limit)
+
+
+async def active_count(db: Database) -> int:
+    async with db.read_session() as session:
+        return int(
+            await session.scalar(
+                select(func.count())
+                .select_from(Task)
+                .where(Task.status.in_(("queued", "dispatched", "running")))
+            )
+            or 0
+        )
+
+
+async def test_fifty_concurrent_triggers_make_one_task(
+    db: Database, world: dict[str, Any], settings: Settings
+) -> None:
+    handles = [Database(resolve_database(settings)) for _ in range(4)]
+    try:
+
+        async def fire(i: int) -> str:
+            async with handles[i % 4].session() as session:
+                return (
+                    await queue.enqueue(
+                        session,
+                        workspace_id=world["workspace"].id,
+                        issue_id=world["issues"][0].id,
+                        agent_id=world["claude"].id,
+                        trigger="comment",
+                    )
+                ).outcome
+
+        outcomes = await asyncio.gather(*(fire(i) for i in range(50)))
+    finally:
+        for handle in handles:
+            await handle.dispose()
+    assert outcomes.count("queued") == 1
+    assert outcomes.count("coalesced") == 49
+    assert await active_count(db) == 1
+
+
+async def test_triggers_during_a_run_queue_exactly_one_follow_up(
+    db: Database, world: dict[str, Any]
+) -> None:
+    await trigger(db, world)
+    (task,) = await claim(db, world)
+    async with db.session() as session:
+        await queue.start(session, task.id, task.lease_token or "")
+    outcomes = [(await trigger(db, world)).outcome for _ in range(5)]
+    assert outcomes == ["follow_up"] * 5
+    assert await active_count(db) == 1
+    async with db.session() as session:
+        await queue.complete(session, task.id, task.lease_token or "")
+    async with db.read_session() as session:
+        rows = list((await session.execute(select(Task).order_by(Task.created_at))).scalars())
+    assert [(t.status, t.trigger) for t in rows] == [
+        ("completed", "assigned"),
+        ("queued", "follow_up"),
+    ]
+
+
+async def test_claim_leases_and_fences(db: Database, world: dict[str, Any]) -> None:
+    await trigger(db, world)
+    (task,) = await claim(db, world)
+    assert task.status == "dispatched"
+    assert task.attempt == 1
+    assert task.lease_token
+    assert await claim(db, world, runtime=1) == [], "a dispatched task is not claimable"
+    async with db.session() as session:
+        with pytest.raises(ProblemError) as stale:
+            await queue.start(session, task.id, "not-the-token")
+    assert stale.value.status == 409
+    assert stale.value.type == "stale-lease"
+    async with db.session() as session:
+        running = await queue.start(session, task.id, task.lease_token or "", "sess-1")
+    assert running.status == "running"
+    async with db.session() as session:
+        with pytest.raises(ProblemError) as twice:
+            await queue.start(session, task.id, task.lease_token or "")
+    assert twice.value.type == "invalid-transition"
+
+
+async def test_lease_expiry_hands_the_task_to_another_runtime_and_fences_the_first(
+    db: Database, world: dict[str, Any]
+) -> None:
+    await trigger(db, world)
+    (first,) = await claim(db, world, runtime=0)
+    async with db.session() as session:
+        await session.execute(
+            update(Task).values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+        await session.commit()
+        assert await queue.expire_leases(session) == [first.id]
+    async with db.session() as session:
+        await session.execute(update(Task).values(available_at=datetime.now(UTC)))
+        await session.commit()
+    (second,) = await claim(db, world, runtime=1)
+    assert second.id == first.id
+    assert second.attempt == 2
+    assert second.lease_token != first.lease_token
+    async with db.session() as session:
+        with pytest.raises(ProblemError) as late:
+            await queue.complete(session, first.id, first.lease_token or "")
+    assert late.value.status == 409, "the presumed-dead daemon's late report is refused"
+    async with db.session() as session:
+        done = await queue.complete(session, second.id, second.lease_token or "")
+    assert done.status == "completed"
+
+
+async def test_retry_with_backoff_then_final_failure(db: Database, world: dict[str, Any]) -> None:
+    await trigger(db, world)
+    for attempt in (1, 2, 3):
+        async with db.session() as session:
+            await session.execute(update(Task).values(available_at=datetime.now(UTC)))
+            await session.commit()
+        (task,) = await claim(db, world)
+        assert task.attempt == attempt
+        async with db.session() as session:
+            failed = await queue.fail(
+                session,
+                task.id,
+                task.lease_token or "",
+                failure_class="provider_network",
+                detail="reset",
+            )
+        if attempt < 3:
+            assert failed.status == "queued"
+            assert failed.available_at > datetime.now(UTC) + timedelta(seconds=5)
+            assert await claim(db, world) == [], "backoff: not claimable yet"
+        else:
+            assert failed.status == "failed"
+            assert failed.failure_class == "provider_network"
+
+
+async def test_final_failure_classes_do_not_retry(db: Database, world: dict[str, Any]) -> None:
+    await trigger(db, world)
+    (task,) = await claim(db, world)
+    async with db.session() as session:
+        failed = await queue.fail(
+            session, task.id, task.lease_token or "", failure_class="agent_error", detail="exit 1"
+        )
+        assert failed.status == "failed"
+        with pytest.raises(ProblemError) as unknown:
+            await queue.fail(session, task.id, "x", failure_class="weird")
+        assert unknown.value.status == 422
+
+
+async def test_cancel_queued_and_running(db: Database, world: dict[str, Any]) -> None:
+    await trigger(db, world, issue=0)
+    await trigger(db, world, issue=1)
+    async with db.session() as session:
+        queued = await session.scalar(select(Task).where(Task.issue_id == world["issues"][1].id))
+        assert queued is not None
+    (running,) = await claim(db, world, limit=1)
+    async with db.session() as session:
+        cancelled = await queue.request_cancel(
+            session, world["workspace"].id, queued.id if queued.id != running.id else ""
+        )
+    assert cancelled.status == "cancelled"
+    async with db.session() as session:
+        await queue.request_cancel(session, world["workspace"].id, running.id)
+        runtime = await session.get(Runtime, world["runtimes"][0].id)
+        assert runtime is not None
+        assert await queue.heartbeat(session, runtime) == [running.id], (
+            "the cancellation reaches the holder on its next heartbeat"
+        )
+    async with db.session() as session:
+        done = await queue.fail(
+            session, running.id, running.lease_token or "", failure_class="cancelled"
+        )
+    assert done.status == "cancelled"
+    async with db.session() as session:
+        with pytest.raises(ProblemError) as other:
+            await queue.request_cancel(session, "another-workspace", running.id)
+    assert other.value.status == 404
+
+
+async def test_heartbeat_extends_leases(db: Database, world: dict[str, Any]) -> None:
+    await trigger(db, world)
+    (task,) = await claim(db, world)
+    async with db.session() as session:
+        await session.execute(
+            update(Task).values(lease_expires_at=datetime.now(UTC) + timedelta(seconds=2))
+        )
+        await session.commit()
+        runtime = await session.get(Runtime, world["runtimes"][0].id)
+        assert runtime is not None
+        await queue.heartbeat(session, runtime)
+        refreshed = await session.get(Task, task.id)
+        assert refreshed is not None
+        await session.refresh(refreshed)
+    assert refreshed.lease_expires_at is not None
+    assert refreshed.lease_expires_at > datetime.now(UTC) + timedelta(seconds=30)
+
+
+async def test_claims_respect_provider_pool_and_concurrency(
+    db: Database, world: dict[str, Any]
+) -> None:
+    for issue in range(3):
+        await trigger(db, world, issue=issue, agent="claude")
+    await trigger(db, world, issue=0, agent="codex")
+    only_codex = await claim(db, world, providers=("codex",))
+    assert [t.agent_id for t in only_codex] == [world["codex"].id]
+    claimed = await claim(db, world, limit=10)
+    assert len(claimed) == 2, "claude may run 2 at once (max_concurrent_tasks=2)"
+    assert await claim(db, world, runtime=1) == []
+    async with db.session() as session:
+        await session.execute(
+            update(Agent)
+            .where(Agent.id == world["claude"].id)
+            .values(runtime_pool=f'["{world["runtimes"][1].id}"]', max_concurrent_tasks=6)
+        )
+        await session.commit()
+    assert await claim(db, world, runtime=0) == [], "runtime 0 is not in the pool"
+    assert len(await claim(db, world, runtime=1)) == 1
+
+
+async def test_concurrent_claimers_never_share_a_task(
+    db: Database, world: dict[str, Any], settings: Settings
+) -> None:
+    async with db.session() as session:
+        await session.execute(update(Agent).values(max_concurrent_tasks=100))
+        await session.commit()
+    for issue in range(3):
+        for agent in ("claude", "codex"):
+            await trigger(db, world, issue=issue, agent=agent)
+    handles = [Database(resolve_database(settings)) for _ in range(2)]
+    try:
+
+        async def grab(i: int) -> list[str]:
+            async with handles[i].session() as session:
+                runtime = await session.get(Runtime, world["runtimes"][i].id)
+                assert runtime is not None
+                return [t.id for t in await queue.claim(session, runtime, ["claude", "codex"], 10)]
+
+        first, second = await asyncio.gather(grab(0), grab(1))
+    finally:
+        for handle in handles:
+            await handle.dispose()
+    assert len(first) + len(second) == 6
+    assert not set(first) & set(second)
+
+
+async def test_orphans_reported_after_a_restart_are_retried_at_once(
+    db: Database, world: dict[str, Any]
+) -> None:
+    await trigger(db, world)
+    (task,) = await claim(db, world)
+    async with db.session() as session:
+        runtime = await session.get(Runtime, world["runtimes"][0].id)
+        assert runtime is not None
+        assert await queue.report_orphans(session, runtime, [task.id, "unknown"]) == 1
+        again = await session.get(Task, task.id)
+        assert again is not None
+        await session.refresh(again)
+    assert again.status == "queued"
+    assert again.failure_class == "runtime_offline"
