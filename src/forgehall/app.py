@@ -21,6 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.routing import BaseRoute
 
 from forgehall import __version__
+from forgehall.agents.routes import router as agents_router
 from forgehall.core.cors import OriginCORSMiddleware
 from forgehall.core.errors import COMMON_RESPONSES, install_error_handlers, problem_response
 from forgehall.core.events import EventBus
@@ -184,7 +185,14 @@ def create_app(
     for router in (ops_router, config_router, web_router, live_router):
         app.include_router(router)
     # JSON API routers: every route documents the problem responses it may give.
-    for router in (auth_router, identity_router, oauth_router, workspaces_router, issues_router):
+    for router in (
+        auth_router,
+        identity_router,
+        oauth_router,
+        workspaces_router,
+        issues_router,
+        agents_router,
+    ):
         app.include_router(router, responses=COMMON_RESPONSES)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(OriginCORSMiddleware, allowed_origins=settings.allowed_origins)
