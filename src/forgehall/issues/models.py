@@ -91,6 +91,8 @@ class Issue(Base):
         ),
         Index("ix_issues_workspace_status_position", "workspace_id", "status_id", "position"),
         Index("ix_issues_workspace_updated", "workspace_id", "updated_at"),
+        # The board's default order: first and later pages walk this index.
+        Index("ix_issues_workspace_position", "workspace_id", "position", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)

@@ -1280,10 +1280,11 @@ async def list_issues(
             query = query.where(
                 or_(beyond, and_(column == typed, Issue.id > last_id), column.is_(None))
             )
-    # Empty values (only due dates can be empty) always come last, in either direction.
-    ordered = query.add_columns(column.label("sort_value")).order_by(
-        column.is_(None), column.desc() if descending else column.asc(), Issue.id
-    )
+    # Empty values (only due dates can be empty) come last, in either direction. The extra
+    # sort key is added only there: it would stop the other sorts from using their index.
+    direction = column.desc() if descending else column.asc()
+    keys = (column.is_(None), direction, Issue.id) if name == "due" else (direction, Issue.id)
+    ordered = query.add_columns(column.label("sort_value")).order_by(*keys)
     rows: list[Any] = list((await session.execute(ordered.limit(f.limit + 1))).all())
     next_cursor = None
     if len(rows) > f.limit:
