@@ -215,3 +215,26 @@ async def test_a_failed_execution_is_recorded(db: Database) -> None:
     assert row.status == "failed"
     assert row.error == "RuntimeError: rollup broke"
     assert row.finished_at is not None
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # PostgreSQL's autovacuum does this itself
+async def test_sqlite_statistics_service_feeds_the_planner(db: Database, backend: str) -> None:
+    from forgehall.ops.service import SqliteStatistics
+
+    async with db.session() as session:
+        session.add_all(
+            [
+                JobExecution(job="j", scope=str(i), plan_time=datetime.now(UTC), runner_id="t")
+                for i in range(20)
+            ]
+        )
+        await session.commit()
+    async with db.read_session() as session:
+        before = await session.scalar(
+            text("SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'")
+        )
+    assert before == 0, "a fresh database has no planner statistics"
+    await SqliteStatistics(db).run_once()
+    async with db.read_session() as session:
+        tables = set((await session.execute(text("SELECT tbl FROM sqlite_stat1"))).scalars())
+    assert "job_executions" in tables

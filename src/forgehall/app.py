@@ -39,7 +39,7 @@ from forgehall.identity.routes import router as identity_router
 from forgehall.issues.routes import router as issues_router
 from forgehall.live.routes import router as live_router
 from forgehall.ops.routes import router as ops_router
-from forgehall.ops.service import EventRetention, JobHistoryRetention
+from forgehall.ops.service import EventRetention, JobHistoryRetention, SqliteStatistics
 from forgehall.settings import Problem, Settings, check_settings
 from forgehall.web.routes import router as web_router
 from forgehall.workspaces.routes import router as workspaces_router
@@ -47,7 +47,11 @@ from forgehall.workspaces.routes import router as workspaces_router
 log = structlog.get_logger("forgehall.app")
 
 #: Every background service a replica can run (names are documented in docs/operations.md).
-BACKGROUND_SERVICES: tuple[type[BackgroundService], ...] = (JobHistoryRetention, EventRetention)
+BACKGROUND_SERVICES: tuple[type[BackgroundService], ...] = (
+    JobHistoryRetention,
+    EventRetention,
+    SqliteStatistics,
+)
 API_PREFIX = "/api/v1"
 STATIC_DIR = Path(__file__).parent / "web" / "static"
 

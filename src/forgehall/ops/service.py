@@ -77,3 +77,28 @@ class EventRetention(BackgroundService):
 
     async def run_once(self) -> None:
         await prune_events(self.db)
+
+
+class SqliteStatistics(BackgroundService):
+    """Keeps SQLite's query-planner statistics current (PostgreSQL's autovacuum does this
+    itself). Without them SQLite may walk the wrong index for a filtered page.
+
+    ``analysis_limit`` bounds the work, so a run takes milliseconds even on a large
+    database; the first run happens at start-up.
+    """
+
+    name: ClassVar[str] = "sqlite-statistics"
+    default_interval: ClassVar[float] = 3600.0
+    leader_only: ClassVar[bool] = True
+
+    async def run_once(self) -> None:
+        if not self.db.is_sqlite:
+            return
+        await refresh_sqlite_statistics(self.db)
+
+
+async def refresh_sqlite_statistics(db: Database) -> None:
+    async with db.engine.connect() as conn:
+        await conn.exec_driver_sql("PRAGMA analysis_limit=1000")
+        await conn.exec_driver_sql("ANALYZE")
+        await conn.commit()
