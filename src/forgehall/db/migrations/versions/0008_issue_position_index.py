@@ -9,10 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import sqlalchemy as sa
 from alembic import op
-
-import forgehall.db.types
 
 revision: str = "0008"
 down_revision: str | Sequence[str] | None = "0007"
