@@ -1229,13 +1229,19 @@ async def list_issues(
     if f.status_ids:
         query = query.where(Issue.status_id.in_(f.status_ids))
     if f.categories:
-        query = query.where(
-            Issue.status_id.in_(
-                select(Status.id).where(
-                    Status.workspace_id == access.workspace.id, Status.category.in_(f.categories)
+        # Resolved to literal ids first: with a sub-select the planners cannot estimate
+        # how selective the filter is and walk the sort index over every issue instead.
+        in_categories = list(
+            (
+                await session.execute(
+                    select(Status.id).where(
+                        Status.workspace_id == access.workspace.id,
+                        Status.category.in_(f.categories),
+                    )
                 )
-            )
+            ).scalars()
         )
+        query = query.where(Issue.status_id.in_(in_categories))
     if f.assignee:
         query = query.where(_assignee_clause(access, f.assignee))
     for label_id in f.label_ids:
