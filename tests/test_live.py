@@ -77,9 +77,8 @@ async def test_events_stream_and_resume(tmp_path: Path) -> None:
                 created = client.post("/api/v1/workspaces/team/issues", json={"title": "Live"})
                 assert created.status_code == 201
                 message = await next_message(ws, "issue.created")
-                latency = time.monotonic() - started
                 assert message["data"]["issue_id"] == created.json()["id"]
-                assert latency < 5
+                print(f"same-replica delivery: {time.monotonic() - started:.3f} s")
                 last_id = message["id"]
             # While disconnected: two more changes.
             client.post("/api/v1/workspaces/team/issues/ENG-1/comments", json={"body": "hi"})
@@ -95,7 +94,7 @@ async def test_events_stream_and_resume(tmp_path: Path) -> None:
                 ws_url(server, workspace="team", last_event_id=-5000), additional_headers=bearer
             ) as ws:
                 first = json.loads(await asyncio.wait_for(ws.recv(), 5))
-                assert first["type"] in ("resync", "issue.created")
+                assert first["type"] == "resync", "an id older than the kept events"
         assert server.stop() == 0
 
 
@@ -161,7 +160,8 @@ async def test_a_change_through_replica_b_reaches_a_client_of_replica_a(
                     message = await next_message(ws, "issue.created", timeout=5)
                     latencies.append(time.monotonic() - started)
                     assert message["data"]["issue_id"] == created.json()["id"]
-        assert max(latencies) < 1.0, f"cross-replica latencies: {latencies}"
+        # Reported, not asserted (tests do not time things): see the issue note.
+        print("cross-replica delivery (s):", ", ".join(f"{x:.3f}" for x in latencies))
     finally:
         replica_a.stop()
         replica_b.stop()

@@ -241,7 +241,7 @@ async def test_dependencies_block_and_auto_unblock(
         json={"blocked_by": blocked["key"]},
     )
     assert cycle.status_code == 422
-    assert cycle.json()["cycle"] == ["ENG-3", "ENG-1", "ENG-3"][1:] or cycle.json()["cycle"]
+    assert cycle.json()["cycle"] == ["ENG-3", "ENG-1", "ENG-3"], "names the whole cycle"
     assert "ENG-3" in cycle.json()["detail"]
     subscription = app.state.events.subscribe(team["workspace"].id)
     done = await status_id(api, owner, "done")
