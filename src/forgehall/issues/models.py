@@ -93,6 +93,8 @@ class Issue(Base):
         Index("ix_issues_workspace_updated", "workspace_id", "updated_at"),
         # The board's default order: first and later pages walk this index.
         Index("ix_issues_workspace_position", "workspace_id", "position", "id"),
+        # Status-filtered pages sorted by recency walk one status, not the workspace.
+        Index("ix_issues_workspace_status_updated", "workspace_id", "status_id", "updated_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
