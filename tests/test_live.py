@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -199,6 +198,3 @@ async def test_a_slow_subscriber_is_dropped_not_waited_for(db: Database) -> None
         assert fast in bus._subscribers["ws-1"]
     finally:
         await bus.stop()
-
-
-_ = re

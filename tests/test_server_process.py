@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import socket
@@ -343,6 +342,3 @@ def test_migrate_commands(tmp_path: Path) -> None:
     down = run_cli("migrate", "down", "--to", "base", "--yes", env=env)
     assert down.returncode == 0
     assert "base" in down.stdout
-
-
-_ = asyncio  # imported for type-checkers of helpers above

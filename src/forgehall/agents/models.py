@@ -29,7 +29,6 @@ from forgehall.identity.models import new_id
 
 PROVIDERS = ("claude", "codex", "cursor", "opencode", "copilot", "gemini", "qwen", "acp", "custom")
 ACTIVE_STATES = ("queued", "dispatched", "running")
-TASK_STATES = (*ACTIVE_STATES, "completed", "failed", "cancelled")
 _ACTIVE_SQL = "status IN ('queued', 'dispatched', 'running')"
 
 

@@ -102,16 +102,6 @@ class ProblemError(Exception):
         self.extensions = extensions
 
 
-class NotFoundError(ProblemError):
-    def __init__(self, what: str) -> None:
-        super().__init__(404, f"{what} was not found")
-
-
-class ConflictError(ProblemError):
-    def __init__(self, detail: str, **extensions: Any) -> None:
-        super().__init__(409, detail, **extensions)
-
-
 def problem_response(
     status: int,
     detail: str,

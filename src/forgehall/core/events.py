@@ -93,16 +93,12 @@ class Subscription:
         self.bus._subscribers.get(self.workspace_id, set()).discard(self)
 
 
-Listener = Callable[[DomainEvent], Awaitable[None]]
-
-
 class EventBus:
     """One per process; ``start`` it in the app's lifespan."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
         self._subscribers: dict[str, set[Subscription]] = {}
-        self._listeners: list[Listener] = []
         self._wake = asyncio.Event()
         self._last_id = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -135,10 +131,6 @@ class EventBus:
         subscription = Subscription(self, workspace_id)
         self._subscribers.setdefault(workspace_id, set()).add(subscription)
         return subscription
-
-    def add_listener(self, listener: Listener) -> None:
-        """Called for every event of every workspace (e.g. the task queue)."""
-        self._listeners.append(listener)
 
     async def since(self, workspace_id: str, last_id: int) -> list[DomainEvent] | None:
         """A workspace's events after ``last_id``; None when that id is older than what is
@@ -210,15 +202,6 @@ class EventBus:
                 event = _from_row(row)
                 self._last_id = row.id
                 self._dispatch(event)
-                for listener in self._listeners:
-                    try:
-                        await listener(event)
-                    except Exception as exc:
-                        log.exception(
-                            "events.listener_failed",
-                            kind=event.kind,
-                            error=f"{type(exc).__name__}: {exc}",
-                        )
             if len(rows) < BATCH:
                 return
 

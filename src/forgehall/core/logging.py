@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable
 from typing import Any, TextIO
 
 import structlog
@@ -125,10 +125,3 @@ def bind_context(**values: Any) -> None:
 
 def clear_context() -> None:
     structlog.contextvars.clear_contextvars()
-
-
-def scrub_mapping(values: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Redact secrets in a mapping destined for output other than logs (e.g. errors)."""
-    for key, value in list(values.items()):
-        values[key] = redactor.scrub(value)
-    return values

@@ -19,7 +19,6 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import (
-    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -81,11 +80,6 @@ class Database:
         """A session for reads only (refused writes on SQLite)."""
         async with self._read_sessions() as session:
             yield session
-
-    @asynccontextmanager
-    async def connect(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn:
-            yield conn
 
     async def ping(self, timeout: float = PING_TIMEOUT_SECONDS) -> None:
         """Run ``SELECT 1``; raise on failure or when it takes longer than ``timeout``."""

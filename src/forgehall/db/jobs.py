@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Integer, String, Text, UniqueConstraint, select, update
+from sqlalchemy import Integer, String, Text, UniqueConstraint, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -56,15 +56,3 @@ async def finish_job_execution(session: AsyncSession, execution_id: int, error: 
         .values(status="failed" if error else "succeeded", error=error, finished_at=utcnow())
     )
     await session.commit()
-
-
-async def read_recent_job_executions(
-    session: AsyncSession, job: str, limit: int = 20
-) -> list[JobExecution]:
-    result = await session.execute(
-        select(JobExecution)
-        .where(JobExecution.job == job)
-        .order_by(JobExecution.plan_time.desc())
-        .limit(limit)
-    )
-    return list(result.scalars())

@@ -3,7 +3,6 @@ through the one access check."""
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
@@ -424,6 +423,3 @@ async def update_notification(
     return await service.mark_notification(
         session, access, notification_id, read=body.read, archived=body.archived
     )
-
-
-_ = date  # due_date parsing is declared in the schemas
