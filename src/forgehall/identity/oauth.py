@@ -128,49 +128,34 @@ def _secret(value: Any) -> str:
     return str(value.get_secret_value()) if value is not None else ""
 
 
+BUILTIN_SLUGS = ("github", "gitlab", "google", "oidc")
+_BUILTIN_NAMES = {"github": "GitHub", "gitlab": "GitLab", "google": "Google"}
+
+
 def builtin_provider(settings: Settings, slug: str) -> ProviderConfig | None:
-    """The provider configured by environment for ``slug``, or None when unconfigured."""
-    if slug == "github" and settings.github_client_id:
-        return ProviderConfig(
-            slug="github",
-            kind="github",
-            display_name="GitHub",
-            client_id=settings.github_client_id,
-            client_secret=_secret(settings.github_client_secret),
-            scopes=GITHUB_SCOPES,
-        )
-    if slug == "gitlab" and settings.gitlab_client_id:
-        return ProviderConfig(
-            slug="gitlab",
-            kind="gitlab",
-            display_name="GitLab",
-            client_id=settings.gitlab_client_id,
-            client_secret=_secret(settings.gitlab_client_secret),
-            scopes=OIDC_SCOPES,
-            issuer=normalize_issuer(settings.gitlab_url),
-            default_gitlab=True,
-        )
-    if slug == "google" and settings.google_client_id:
-        return ProviderConfig(
-            slug="google",
-            kind="google",
-            display_name="Google",
-            client_id=settings.google_client_id,
-            client_secret=_secret(settings.google_client_secret),
-            scopes=OIDC_SCOPES,
-            issuer=GOOGLE_ISSUER,
-        )
-    if slug == "oidc" and settings.oidc_client_id and settings.oidc_issuer:
-        return ProviderConfig(
-            slug="oidc",
-            kind="oidc",
-            display_name=settings.oidc_display_name,
-            client_id=settings.oidc_client_id,
-            client_secret=_secret(settings.oidc_client_secret),
-            scopes=OIDC_SCOPES,
-            issuer=normalize_issuer(settings.oidc_issuer),
-        )
-    return None
+    """The provider configured by environment for ``slug``, or None unless its
+    configuration is complete (client id and secret; an issuer for generic OIDC)."""
+    if slug not in BUILTIN_SLUGS:
+        return None
+    client_id = getattr(settings, f"{slug}_client_id")
+    client_secret = getattr(settings, f"{slug}_client_secret")
+    issuer = {
+        "gitlab": settings.gitlab_url,
+        "google": GOOGLE_ISSUER,
+        "oidc": settings.oidc_issuer,
+    }.get(slug)
+    if not client_id or client_secret is None or (slug == "oidc" and not issuer):
+        return None
+    return ProviderConfig(
+        slug=slug,
+        kind=slug,
+        display_name=_BUILTIN_NAMES.get(slug, settings.oidc_display_name),
+        client_id=client_id,
+        client_secret=_secret(client_secret),
+        scopes=GITHUB_SCOPES if slug == "github" else OIDC_SCOPES,
+        issuer=normalize_issuer(issuer) if issuer else None,
+        default_gitlab=slug == "gitlab",
+    )
 
 
 def _encryption_key_required(action: str) -> ProblemError:
@@ -758,9 +743,9 @@ async def login_with_identity(
         raise ProblemError(
             403, "this account is disabled; ask an administrator", type_="account-disabled"
         )
-    identities = [provider.bootstrap_identity(identity.subject)]
-    if email:
-        identities.append(f"email:{email}")
+    # The account's own address, not the provider's current claim: a provider that later
+    # reports a listed address must not promote an unrelated account.
+    identities = [provider.bootstrap_identity(identity.subject), f"email:{user.email}"]
     await promote_bootstrap_admin(session, settings, user, identities)
     user.last_login_at = now()
     await session.commit()

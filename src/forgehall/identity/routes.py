@@ -49,27 +49,17 @@ router = APIRouter(prefix="/api/v1", tags=["account"])
 config_router = APIRouter(tags=["login"])
 
 
-BUILTIN_BUTTONS = {"github": "GitHub", "gitlab": "GitLab", "google": "Google"}
-
-
 def login_methods(settings: Settings) -> list[str]:
-    """Sign-in methods whose configuration is complete (id and secret, plus an issuer for
-    generic OIDC)."""
-    methods = ["email"]
-    for name in ("github", "gitlab", "google", "oidc"):
-        complete = getattr(settings, f"{name}_client_id") and getattr(
-            settings, f"{name}_client_secret"
-        )
-        if complete and (name != "oidc" or settings.oidc_issuer):
-            methods.append(name)
-    return methods
+    """Email, plus every built-in provider whose configuration is complete."""
+    return ["email", *(s for s in oauth.BUILTIN_SLUGS if oauth.builtin_provider(settings, s))]
 
 
 async def login_buttons(session: AsyncSession, settings: Settings) -> list[LoginButton]:
-    buttons = [
-        LoginButton(slug=name, display_name=BUILTIN_BUTTONS.get(name, settings.oidc_display_name))
-        for name in login_methods(settings)[1:]
-    ]
+    buttons = []
+    for slug in oauth.BUILTIN_SLUGS:
+        provider = oauth.builtin_provider(settings, slug)
+        if provider is not None:
+            buttons.append(LoginButton(slug=slug, display_name=provider.display_name))
     for row in await oauth.list_login_providers(session):
         if row["enabled"]:
             buttons.append(LoginButton(slug=row["slug"], display_name=row["display_name"]))
