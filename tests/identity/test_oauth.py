@@ -474,6 +474,27 @@ async def test_bootstrap_admin_by_verified_email(
         assert (await client.get("/api/v1/me")).json()["is_instance_admin"] is True
 
 
+async def test_a_provider_changing_its_email_claim_does_not_promote_the_account(
+    settings: Settings, db: Database, mailer: RecordingMailer, provider: Provider
+) -> None:
+    app = build_app(
+        settings,
+        db,
+        mailer,
+        **oidc_settings(provider.issuer, bootstrap_admins=["email:boss@example.com"]),
+    )
+    await provider.put_user("sam", email="sam@example.com", email_verified=True)
+    async with new_client(app) as client:
+        assert (await sign_in(client, "sam")).status_code == 303
+    # Later the provider claims a listed address for the same subject.
+    await provider.put_user("sam", email="boss@example.com", email_verified=True)
+    async with new_client(app) as client:
+        assert (await sign_in(client, "sam")).status_code == 303
+        me = (await client.get("/api/v1/me")).json()
+    assert me["email"] == "sam@example.com"
+    assert me["is_instance_admin"] is False
+
+
 @pytest.mark.parametrize(
     "target",
     [
