@@ -49,7 +49,7 @@ from forgehall.agents.schemas import (
     AgentStatus,
 )
 from forgehall.core.errors import ProblemError
-from forgehall.db.types import utcnow
+from forgehall.db.types import CredentialKeyError, utcnow
 from forgehall.workspaces.access import Access, Role
 
 log = structlog.get_logger("forgehall.agents")
@@ -311,9 +311,9 @@ async def _credentials(session: AsyncSession) -> AsyncIterator[None]:
     """Turn a missing encryption key (raised by ``EncryptedText``) into a 409 problem."""
     try:
         yield
-    except (RuntimeError, StatementError) as exc:
+    except (CredentialKeyError, StatementError) as exc:
         cause = exc.orig if isinstance(exc, StatementError) else exc
-        if not isinstance(cause, RuntimeError) or "FORGEHALL_ENCRYPTION_KEY" not in str(cause):
+        if not isinstance(cause, CredentialKeyError):
             raise
         await session.rollback()
         log.warning("agent.env_key_missing", error=str(cause))

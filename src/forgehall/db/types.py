@@ -58,6 +58,10 @@ def install_vault(vault: _VaultLike | None) -> None:
     _vault = vault
 
 
+class CredentialKeyError(RuntimeError):
+    """No encryption key is configured, or none of the configured keys opens the value."""
+
+
 class EncryptedText(TypeDecorator[str]):
     """Text encrypted at rest with the process's vault (Fernet / MultiFernet).
 
@@ -71,12 +75,15 @@ class EncryptedText(TypeDecorator[str]):
         if value is None:
             return None
         if _vault is None:
-            raise RuntimeError("FORGEHALL_ENCRYPTION_KEY is required to store credentials")
+            raise CredentialKeyError("FORGEHALL_ENCRYPTION_KEY is required to store credentials")
         return _vault.encrypt(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
         if value is None:
             return None
         if _vault is None:
-            raise RuntimeError("FORGEHALL_ENCRYPTION_KEY is required to read credentials")
-        return _vault.decrypt(str(value))
+            raise CredentialKeyError("FORGEHALL_ENCRYPTION_KEY is required to read credentials")
+        try:
+            return _vault.decrypt(str(value))
+        except ValueError as exc:  # encrypted with a key that is no longer configured
+            raise CredentialKeyError(str(exc)) from None

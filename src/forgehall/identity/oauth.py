@@ -50,6 +50,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from forgehall.core.errors import ProblemError
 from forgehall.core.security import equal, hash_token
+from forgehall.db.types import CredentialKeyError
 from forgehall.identity.models import ExternalIdentity, LoginProvider, OAuthState, User
 from forgehall.identity.service import (
     enforce_rate_limit,
@@ -179,7 +180,7 @@ async def resolve_provider(session: AsyncSession, settings: Settings, slug: str)
                     LoginProvider.slug == slug, LoginProvider.enabled.is_(True)
                 )
             )
-        except (RuntimeError, ValueError) as exc:
+        except CredentialKeyError as exc:
             # EncryptedText refuses to read without a key, or with the wrong one.
             log.warning("oauth.provider_unreadable", provider=slug, error=type(exc).__name__)
             raise _encryption_key_required(f"use login provider {slug!r}") from None
@@ -908,7 +909,7 @@ async def create_login_provider(
         ) from None
     except StatementError as exc:
         await session.rollback()
-        if isinstance(exc.orig, RuntimeError) and "FORGEHALL_ENCRYPTION_KEY" in str(exc.orig):
+        if isinstance(exc.orig, CredentialKeyError):
             log.warning("oauth.provider_rejected", provider=slug, reason="no_encryption_key")
             raise _encryption_key_required("store the client secret") from None
         raise
