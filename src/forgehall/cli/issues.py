@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any, get_args
 from urllib.parse import quote, urlencode
 
-import httpx
 import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
@@ -733,16 +732,12 @@ def inbox(
             },
         ),
     )
-    keys = _issue_keys(board, {n.issue_id for n in items})
     count = _parse(UnreadCount, board.call("GET", "/inbox/unread-count")).unread
     if as_json:
         typer.echo(
             json.dumps(
                 {
-                    "notifications": [
-                        {**n.model_dump(mode="json"), "issue_key": keys.get(n.issue_id)}
-                        for n in items
-                    ],
+                    "notifications": [n.model_dump(mode="json") for n in items],
                     "unread": count,
                 },
                 indent=2,
@@ -754,7 +749,7 @@ def inbox(
             id=n.id,
             new="•" if n.read_at is None else "",
             kind=n.kind,
-            issue=keys.get(n.issue_id, n.issue_id),
+            issue=n.issue_key or n.issue_id,
             summary=escape(n.summary),
             time=_when(n.created_at),
         )
@@ -766,17 +761,3 @@ def inbox(
     else:
         typer.echo("no archived notifications" if archived else "no notifications")
     typer.echo(f"{count} unread")
-
-
-def _issue_keys(board: Board, issue_ids: set[str]) -> dict[str, str]:
-    """Issue id → key, one GET per distinct issue (the API looks issues up by id too);
-    an issue that is gone keeps its id."""
-    keys: dict[str, str] = {}
-    for issue_id in sorted(issue_ids):
-        try:
-            response = board.server.http.get(f"{board.base}/issues/{quote(issue_id, safe='')}")
-        except httpx.HTTPError:
-            continue  # the key is cosmetic: the id is shown instead
-        if response.status_code == 200:
-            keys[issue_id] = str(response.json().get("key") or issue_id)
-    return keys
