@@ -58,12 +58,7 @@ def _assignee(ref: ActorRef | None) -> service.AssigneeRef | None:
 async def issue_out(session: AsyncSession, access: Access, issues: list[Issue]) -> list[IssueOut]:
     labels = await service.issue_labels(session, [i.id for i in issues])
     statuses = {s.id: s for s in await service.list_statuses(session, access)}
-    parents: dict[str, int] = {}
-    for issue in issues:
-        if issue.parent_id and issue.parent_id not in parents:
-            parent = await session.get(Issue, issue.parent_id)
-            if parent is not None:
-                parents[parent.id] = parent.number
+    parents = await service.issue_numbers(session, [i.parent_id for i in issues if i.parent_id])
     prefix = access.workspace.key_prefix
     return [
         IssueOut(

@@ -23,7 +23,7 @@ import structlog
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from forgehall.core.errors import ProblemError
-from forgehall.core.events import EventBus
+from forgehall.core.events import EventBus, Subscription
 from forgehall.db.engine import Database
 from forgehall.identity.auth import SESSION_COOKIE, Principal, origin_of
 from forgehall.identity.service import authenticate_session, authenticate_token
@@ -103,10 +103,7 @@ async def live_events(
         log.info("ws.disconnected", workspace_id=access.workspace.id)
 
 
-async def _stream(websocket: WebSocket, subscription: object, sent: int) -> None:
-    from forgehall.core.events import Subscription
-
-    assert isinstance(subscription, Subscription)
+async def _stream(websocket: WebSocket, subscription: Subscription, sent: int) -> None:
     closed = asyncio.ensure_future(_wait_for_close(websocket))
     overflow = asyncio.ensure_future(subscription.overflowed.wait())
     try:
