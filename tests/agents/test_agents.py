@@ -17,8 +17,7 @@ from sqlalchemy import text
 
 from forgehall.agents import queue, service
 from forgehall.agents.models import Agent, Runtime, Task
-from forgehall.agents.routes import router
-from forgehall.app import AppOptions, create_app, iter_api_routes
+from forgehall.app import AppOptions, create_app
 from forgehall.db.engine import Database
 from forgehall.db.types import install_vault, utcnow
 from forgehall.settings import Settings
@@ -28,18 +27,7 @@ WS = "/api/v1/workspaces/team"
 SECRET = "sk-live-very-secret-value-0123456789"
 
 
-def mount(app: FastAPI) -> FastAPI:
-    """Include the agents router unless app.py already does."""
-    if not any(
-        r.path.startswith("/api/v1/workspaces/{workspace}/agents")
-        for r in iter_api_routes(app.routes)
-    ):
-        app.include_router(router)
-    return app
-
-
 async def _client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    mount(app)
     async with app.router.lifespan_context(app), new_client(app, origin=None) as client:
         yield client
 

@@ -24,11 +24,10 @@ from sqlalchemy import func, select, text, update
 from werkzeug.exceptions import NotFound
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from forgehall.app import AppOptions, create_app, iter_api_routes
+from forgehall.app import AppOptions, create_app
 from forgehall.core.security import hash_token
 from forgehall.db.engine import Database
 from forgehall.identity.models import ExternalIdentity, OAuthState, User, UserSession
-from forgehall.identity.oauth_routes import router as oauth_router
 from forgehall.settings import Settings
 from tests.conftest import ORIGIN, RecordingMailer, make_person, new_client
 from tests.identity.oauth_servers import (
@@ -96,10 +95,7 @@ def build_app(
     settings: Settings, db: Database, mailer: RecordingMailer, **overrides: Any
 ) -> FastAPI:
     changed = Settings(**{**settings.model_dump(), **overrides})
-    app = create_app(changed, db=db, options=AppOptions(run_services=False), mailer=mailer)
-    if not any(r.path.startswith("/auth/oauth") for r in iter_api_routes(app.routes)):
-        app.include_router(oauth_router)
-    return app
+    return create_app(changed, db=db, options=AppOptions(run_services=False), mailer=mailer)
 
 
 def oidc_settings(issuer: str, **overrides: Any) -> dict[str, Any]:

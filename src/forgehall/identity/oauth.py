@@ -33,7 +33,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from ipaddress import ip_address
 from typing import Any, Literal
 from urllib.parse import quote, urlencode, urlsplit
@@ -56,6 +56,7 @@ from forgehall.identity.service import (
     enforce_rate_limit,
     link_identity,
     normalize_email,
+    now,
     promote_bootstrap_admin,
     read_user_by_email,
     signup_allowed,
@@ -83,10 +84,6 @@ CLOCK_LEEWAY_SECONDS = 60
 ID_TOKEN_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def normalize_issuer(issuer: str) -> str:

@@ -56,7 +56,6 @@ async def start_login(
         str, Query(max_length=500, description="Path to open after signing in")
     ] = "/",
 ) -> RedirectResponse:
-    oauth.check_redirect_target(redirect_to)
     config = await oauth.resolve_provider(session, settings, provider)
     url = await oauth.begin_login(
         session, settings, client, config, redirect_to=redirect_to, ip=client_ip(request)
