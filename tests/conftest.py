@@ -28,6 +28,7 @@ from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
 from forgehall.app import AppOptions, create_app
+from forgehall.core.logging import configure_logging
 from forgehall.db.engine import Database
 from forgehall.db.migrate import upgrade_to_head
 from forgehall.db.url import resolve_database
@@ -134,8 +135,22 @@ def run_in_thread(coro_factory: Any) -> Any:
         return pool.submit(lambda: asyncio.run(coro_factory())).result()
 
 
+class _CurrentStderr:
+    """Whatever ``sys.stderr`` is at the time of writing: pytest's capture per test."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     global _PG_PROBLEM
+    # Log as the server does (plain tracebacks): structlog's default renders tracebacks
+    # with rich and every local variable, which takes seconds per error and stalls the
+    # event loop of an in-process app.
+    configure_logging(level="info", fmt="console", stream=_CurrentStderr())  # type: ignore[arg-type]
     _PG_PROBLEM = asyncio.run(_postgres_available())
     if _PG_PROBLEM is None:
         return
@@ -345,3 +360,32 @@ async def make_workspace(
         await create_default_statuses(session, workspace.id)
         await session.commit()
     return workspace
+
+
+FAKE_CLIS = Path(__file__).resolve().parent / "fakes"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fake_agent_clis() -> Iterator[Path]:
+    """Put the fake agent CLIs (tests/fakes) first on PATH for every subprocess a test
+    starts, drop machine overrides (FORGEHALL_<PROVIDER>_PATH), and fail the run if any
+    provider binary would still resolve to a real CLI."""
+    from forgehall.daemon.adapters.providers import PROVIDERS
+
+    patch = pytest.MonkeyPatch()
+    path = f"{FAKE_CLIS}{os.pathsep}{os.environ.get('PATH', '')}"
+    patch.setenv("PATH", path)
+    for name in PROVIDERS:
+        patch.delenv(f"FORGEHALL_{name.upper()}_PATH", raising=False)
+    for provider in PROVIDERS.values():
+        found = shutil.which(provider.binary, path=path)
+        if found is None or Path(found).resolve().parent != FAKE_CLIS:
+            patch.undo()
+            pytest.fail(
+                f"agent CLI guard: {provider.binary!r} resolves to {found!r}, not to a fake in "
+                f"{FAKE_CLIS}; add tests/fakes/{provider.binary} (executable) so no real "
+                "agent CLI can run in the tests",
+                pytrace=False,
+            )
+    yield FAKE_CLIS
+    patch.undo()

@@ -345,7 +345,9 @@ def test_update_assign_close(team: Team) -> None:
         "ann@example.com, bob@example.com\n"
     )
     assert agent.returncode == 1
-    assert agent.stderr == "forgehall: error: 422: agent nope is not an agent of this workspace\n"
+    assert agent.stderr == (
+        "forgehall: error: unknown agent 'nope'; the agents of team are: (none yet)\n"
+    )
 
     assert ann.ok("issue", "close", key) == f"{key} is now Done\n"
     assert ann.issue(key)["status"]["category"] == "done"

@@ -85,3 +85,21 @@ def test_openapi_document_is_current_and_complete() -> None:
                     assert status in operation["responses"], f"{name} lacks {status}"
                 checked += 1
     assert checked > 40
+
+
+def test_every_daemon_protocol_route_is_documented() -> None:
+    from pydantic import SecretStr
+
+    from forgehall.app import create_app, iter_api_routes
+
+    text = (DOCS / "daemon-protocol.md").read_text()
+    app = create_app(Settings(jwt_secret=SecretStr("x" * 40)))
+    routes = [
+        f"{method} {route.path}"
+        for route in iter_api_routes(app.routes)
+        if route.path.startswith("/api/v1/daemon/")
+        for method in sorted(route.methods)
+    ]
+    assert len(routes) >= 11
+    missing = [name for name in routes if f"`{name}`" not in text]
+    assert missing == [], f"daemon protocol routes missing from docs/daemon-protocol.md: {missing}"

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.engine import Connection
 
 from forgehall.db.engine import Database
@@ -22,7 +22,7 @@ from forgehall.db.migrate import (
     script_directory,
     upgrade_to_head,
 )
-from forgehall.db.search import include_in_schema_comparison
+from forgehall.db.search import include_in_schema_comparison, ranked_issue_ids
 from forgehall.db.url import resolve_database
 from forgehall.settings import Settings
 
@@ -121,8 +121,45 @@ async def test_upgrading_a_database_with_data_keeps_it(empty_db: Database) -> No
                 "VALUES ('a1', 'w1', 'claude', '', CURRENT_TIMESTAMP)"
             )
         )
+        # Board rows: 0005 and 0010 index existing issues and comments for search.
+        await conn.execute(
+            text(
+                "INSERT INTO statuses (id, workspace_id, name, category, position, color) "
+                "VALUES ('s1', 'w1', 'Todo', 'todo', 0, '')"
+            )
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO issues (id, workspace_id, number, title, description, status_id, "
+                "priority, position, revision, created_at, updated_at) VALUES "
+                "('i1', 'w1', 1, 'Login redirect', 'loops forever', 's1', 'high', 0, 1, "
+                "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP), "
+                "('i2', 'w1', 2, 'Other', '', 's1', 'none', 1, 1, "
+                "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            )
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO comments (id, workspace_id, issue_id, body, created_at, "
+                "updated_at, deleted_at) VALUES "
+                "('c1', 'w1', 'i2', 'the spinner never stops', CURRENT_TIMESTAMP, "
+                "CURRENT_TIMESTAMP, NULL), "
+                "('c2', 'w1', 'i2', 'a deleted loophole', CURRENT_TIMESTAMP, "
+                "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            )
+        )
         await conn.commit()
     assert await upgrade_to_head(empty_db)
+
+    async def search(words: str) -> set[str]:
+        ranked = ranked_issue_ids(empty_db.dialect, "w1", words)
+        assert ranked is not None
+        async with empty_db.engine.connect() as conn:
+            return set((await conn.execute(select(ranked.c.issue_id))).scalars())
+
+    assert await search("redir") == {"i1"}
+    assert await search("spin nev") == {"i2"}, "comments written before the upgrade"
+    assert await search("loop") == {"i1"}, "deleted comments stay out"
     async with empty_db.engine.connect() as conn:
         row = (
             await conn.execute(

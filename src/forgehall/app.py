@@ -21,7 +21,10 @@ from fastapi.staticfiles import StaticFiles
 from starlette.routing import BaseRoute
 
 from forgehall import __version__
+from forgehall.agents.daemon_routes import router as daemon_router
+from forgehall.agents.dispatch import TaskWatchdog
 from forgehall.agents.routes import router as agents_router
+from forgehall.agents.task_routes import router as tasks_router
 from forgehall.core.cors import OriginCORSMiddleware
 from forgehall.core.errors import COMMON_RESPONSES, install_error_handlers, problem_response
 from forgehall.core.events import EventBus
@@ -51,6 +54,7 @@ BACKGROUND_SERVICES: tuple[type[BackgroundService], ...] = (
     JobHistoryRetention,
     EventRetention,
     SqliteStatistics,
+    TaskWatchdog,
 )
 API_PREFIX = "/api/v1"
 STATIC_DIR = Path(__file__).parent / "web" / "static"
@@ -129,6 +133,7 @@ def create_app(
     metrics = Metrics(read_pool=database.pool_status) if with_metrics else None
     runner_id = f"{uuid.uuid4().hex[:12]}"
 
+    bus = EventBus(database)
     if services is None and options.run_services:
         disabled = settings.services_disabled
         if "all" in disabled:
@@ -139,6 +144,7 @@ def create_app(
             disabled=disabled,
             intervals=dict(settings.service_intervals),
             runner_id=runner_id,
+            bus=bus,
         )
     # uvicorn drains requests for the full grace first; services get a quarter on top, so a
     # stop takes at most 1.25 x FORGEHALL_SHUTDOWN_GRACE_SECONDS (docs/operations.md).
@@ -147,8 +153,6 @@ def create_app(
         metrics=metrics,
         stop_grace=max(settings.shutdown_grace_seconds / 4, 1.0),
     )
-
-    bus = EventBus(database)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -196,6 +200,8 @@ def create_app(
         workspaces_router,
         issues_router,
         agents_router,
+        tasks_router,
+        daemon_router,
     ):
         app.include_router(router, responses=COMMON_RESPONSES)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

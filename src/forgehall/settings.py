@@ -389,6 +389,47 @@ class Settings(BaseSettings):
         json_schema_extra=_meta("Observability", example="127.0.0.1:9090"),
     )
 
+    # --- Agents ----------------------------------------------------------------------
+    model_prices: dict[str, tuple[float, float, float, float]] = Field(
+        default_factory=dict,
+        description="Prices used for a task's cost when the agent CLI reports tokens but no "
+        "cost: comma-separated `model=input/output/cache_read/cache_write` in US dollars per "
+        "million tokens. A model not listed, with no cost reported, counts 0 (shown as "
+        "`unpriced`).",
+        json_schema_extra=_meta(
+            "Agents", example="claude-sonnet-4-5=3/15/0.3/3.75,gpt-5-codex=1.25/10/0.125/0"
+        ),
+    )
+
+    @field_validator("model_prices", mode="before")
+    @classmethod
+    def _split_prices(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        prices: dict[str, list[str]] = {}
+        for part in (p.strip() for p in value.split(",")):
+            if not part:
+                continue
+            model, sep, figures = part.partition("=")
+            numbers = figures.split("/")
+            if not sep or not model.strip() or len(numbers) != 4:
+                raise ValueError(
+                    f"{part!r} is not model=input/output/cache_read/cache_write "
+                    "(dollars per million tokens)"
+                )
+            prices[model.strip()] = [n.strip() for n in numbers]
+        return prices
+
+    @field_validator("model_prices")
+    @classmethod
+    def _non_negative_prices(
+        cls, value: dict[str, tuple[float, float, float, float]]
+    ) -> dict[str, tuple[float, float, float, float]]:
+        for model, figures in value.items():
+            if any(f < 0 for f in figures):
+                raise ValueError(f"the prices of {model} must not be negative")
+        return value
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -62,13 +62,15 @@ async def trigger(
     db: Database, w: dict[str, Any], issue: int = 0, agent: str = "claude"
 ) -> queue.Enqueued:
     async with db.session() as session:
-        return await queue.enqueue(
+        enqueued = await queue.enqueue(
             session,
             workspace_id=w["workspace"].id,
             issue_id=w["issues"][issue].id,
             agent_id=w[agent].id,
             trigger="assigned",
         )
+        await session.commit()
+        return enqueued
 
 
 async def claim(
@@ -81,7 +83,14 @@ async def claim(
     async with db.session() as session:
         rt = await session.get(Runtime, w["runtimes"][runtime].id)
         assert rt is not None
-        return await queue.claim(session, rt, list(providers), limit)
+        claimed = await queue.claim(session, rt, list(providers), limit)
+        await session.commit()
+        return claimed
+
+
+def small_pools(settings: Settings) -> Settings:
+    """Four replicas' worth of pools that fit a stock PostgreSQL (100 connections)."""
+    return settings.model_copy(update={"database_max_conns": 10, "database_min_conns": 1})
 
 
 async def active_count(db: Database) -> int:
@@ -99,20 +108,20 @@ async def active_count(db: Database) -> int:
 async def test_fifty_concurrent_triggers_make_one_task(
     db: Database, world: dict[str, Any], settings: Settings
 ) -> None:
-    handles = [Database(resolve_database(settings)) for _ in range(4)]
+    handles = [Database(resolve_database(small_pools(settings))) for _ in range(4)]
     try:
 
         async def fire(i: int) -> str:
             async with handles[i % 4].session() as session:
-                return (
-                    await queue.enqueue(
-                        session,
-                        workspace_id=world["workspace"].id,
-                        issue_id=world["issues"][0].id,
-                        agent_id=world["claude"].id,
-                        trigger="comment",
-                    )
-                ).outcome
+                enqueued = await queue.enqueue(
+                    session,
+                    workspace_id=world["workspace"].id,
+                    issue_id=world["issues"][0].id,
+                    agent_id=world["claude"].id,
+                    trigger="comment",
+                )
+                await session.commit()
+                return enqueued.outcome
 
         outcomes = await asyncio.gather(*(fire(i) for i in range(50)))
     finally:
@@ -130,11 +139,13 @@ async def test_triggers_during_a_run_queue_exactly_one_follow_up(
     (task,) = await claim(db, world)
     async with db.session() as session:
         await queue.start(session, task.id, task.lease_token or "")
+        await session.commit()
     outcomes = [(await trigger(db, world)).outcome for _ in range(5)]
     assert outcomes == ["follow_up"] * 5
     assert await active_count(db) == 1
     async with db.session() as session:
         await queue.complete(session, task.id, task.lease_token or "")
+        await session.commit()
     async with db.read_session() as session:
         rows = list((await session.execute(select(Task).order_by(Task.created_at))).scalars())
     assert [(t.status, t.trigger) for t in rows] == [
@@ -157,6 +168,7 @@ async def test_claim_leases_and_fences(db: Database, world: dict[str, Any]) -> N
     assert stale.value.type == "stale-lease"
     async with db.session() as session:
         running = await queue.start(session, task.id, task.lease_token or "", "sess-1")
+        await session.commit()
     assert running.status == "running"
     async with db.session() as session:
         with pytest.raises(ProblemError) as twice:
@@ -174,7 +186,8 @@ async def test_lease_expiry_hands_the_task_to_another_runtime_and_fences_the_fir
             update(Task).values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=1))
         )
         await session.commit()
-        assert await queue.expire_leases(session) == [first.id]
+        assert [t.id for t in await queue.expire_leases(session)] == [first.id]
+        await session.commit()
     async with db.session() as session:
         await session.execute(update(Task).values(available_at=datetime.now(UTC)))
         await session.commit()
@@ -188,7 +201,9 @@ async def test_lease_expiry_hands_the_task_to_another_runtime_and_fences_the_fir
     assert late.value.status == 409, "the presumed-dead daemon's late report is refused"
     async with db.session() as session:
         done = await queue.complete(session, second.id, second.lease_token or "")
-    assert done.status == "completed"
+        await session.commit()
+    assert done.task.status == "completed"
+    assert done.follow_up is None
 
 
 async def test_retry_with_backoff_then_final_failure(db: Database, world: dict[str, Any]) -> None:
@@ -207,6 +222,7 @@ async def test_retry_with_backoff_then_final_failure(db: Database, world: dict[s
                 failure_class="provider_network",
                 detail="reset",
             )
+            await session.commit()
         if attempt < 3:
             assert failed.status == "queued"
             assert failed.available_at > datetime.now(UTC) + timedelta(seconds=5)
@@ -224,6 +240,7 @@ async def test_final_failure_classes_do_not_retry(db: Database, world: dict[str,
             session, task.id, task.lease_token or "", failure_class="agent_error", detail="exit 1"
         )
         assert failed.status == "failed"
+        await session.commit()
         with pytest.raises(ProblemError) as unknown:
             await queue.fail(session, task.id, "x", failure_class="weird")
         assert unknown.value.status == 422
@@ -240,9 +257,11 @@ async def test_cancel_queued_and_running(db: Database, world: dict[str, Any]) ->
         cancelled = await queue.request_cancel(
             session, world["workspace"].id, queued.id if queued.id != running.id else ""
         )
+        await session.commit()
     assert cancelled.status == "cancelled"
     async with db.session() as session:
         await queue.request_cancel(session, world["workspace"].id, running.id)
+        await session.commit()
         runtime = await session.get(Runtime, world["runtimes"][0].id)
         assert runtime is not None
         assert await queue.heartbeat(session, runtime) == [running.id], (
@@ -252,6 +271,7 @@ async def test_cancel_queued_and_running(db: Database, world: dict[str, Any]) ->
         done = await queue.fail(
             session, running.id, running.lease_token or "", failure_class="cancelled"
         )
+        await session.commit()
     assert done.status == "cancelled"
     async with db.session() as session:
         with pytest.raises(ProblemError) as other:
@@ -270,6 +290,7 @@ async def test_heartbeat_extends_leases(db: Database, world: dict[str, Any]) -> 
         runtime = await session.get(Runtime, world["runtimes"][0].id)
         assert runtime is not None
         await queue.heartbeat(session, runtime)
+        await session.commit()
         refreshed = await session.get(Task, task.id)
         assert refreshed is not None
         await session.refresh(refreshed)
@@ -315,7 +336,9 @@ async def test_concurrent_claimers_never_share_a_task(
             async with handles[i].session() as session:
                 runtime = await session.get(Runtime, world["runtimes"][i].id)
                 assert runtime is not None
-                return [t.id for t in await queue.claim(session, runtime, ["claude", "codex"], 10)]
+                claimed = await queue.claim(session, runtime, ["claude", "codex"], 10)
+                await session.commit()
+                return [t.id for t in claimed]
 
         first, second = await asyncio.gather(grab(0), grab(1))
     finally:
@@ -333,9 +356,45 @@ async def test_orphans_reported_after_a_restart_are_retried_at_once(
     async with db.session() as session:
         runtime = await session.get(Runtime, world["runtimes"][0].id)
         assert runtime is not None
-        assert await queue.report_orphans(session, runtime, [task.id, "unknown"]) == 1
+        assert [t.id for t in await queue.report_orphans(session, runtime, [task.id, "x"])] == [
+            task.id
+        ]
+        await session.commit()
         again = await session.get(Task, task.id)
         assert again is not None
         await session.refresh(again)
     assert again.status == "queued"
     assert again.failure_class == "runtime_offline"
+
+
+async def test_fifty_concurrent_triggers_during_a_run_queue_one_follow_up(
+    db: Database, world: dict[str, Any], settings: Settings
+) -> None:
+    await trigger(db, world)
+    (task,) = await claim(db, world)
+    handles = [Database(resolve_database(small_pools(settings))) for _ in range(4)]
+    try:
+
+        async def fire(i: int) -> str:
+            async with handles[i % 4].session() as session:
+                enqueued = await queue.enqueue(
+                    session,
+                    workspace_id=world["workspace"].id,
+                    issue_id=world["issues"][0].id,
+                    agent_id=world["claude"].id,
+                    trigger="comment",
+                )
+                await session.commit()
+                return enqueued.outcome
+
+        outcomes = await asyncio.gather(*(fire(i) for i in range(50)))
+    finally:
+        for handle in handles:
+            await handle.dispose()
+    assert outcomes == ["follow_up"] * 50
+    assert await active_count(db) == 1
+    async with db.session() as session:
+        done = await queue.complete(session, task.id, task.lease_token or "")
+        await session.commit()
+    assert done.follow_up is not None
+    assert await active_count(db) == 1, "exactly one follow-up is queued"

@@ -4,6 +4,7 @@ mentions, inbox and timeline — including the unhappy paths."""
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -13,6 +14,7 @@ from sqlalchemy import func, select
 
 from forgehall.agents.models import Agent
 from forgehall.core.events import DomainEvent
+from forgehall.db import search
 from forgehall.db.engine import Database
 from forgehall.issues.models import Issue, IssueEvent
 from tests.conftest import Person, make_person, make_workspace, new_client
@@ -484,6 +486,231 @@ async def test_search_cursor_pagination_walks_every_match(
             break
     assert sorted(keys) == [f"ENG-{n}" for n in range(1, 6)]
     assert len(set(keys)) == 5
+
+
+async def walk(
+    api: httpx.AsyncClient, person: Person, limit: int, **params: Any
+) -> list[dict[str, Any]]:
+    """Every page of a listing, following ``next_cursor``; the items in order."""
+    items: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        query: dict[str, Any] = {**params, "limit": limit}
+        if cursor:
+            query["cursor"] = cursor
+        page = await api.get(f"{WS}/issues", headers=person.headers, params=query)
+        assert page.status_code == 200, page.text
+        items += page.json()["items"]
+        cursor = page.json()["next_cursor"]
+        if not cursor:
+            return items
+
+
+def updated(item: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(item["updated_at"])
+
+
+async def window_ids(db: Database, workspace_id: str, words: str) -> set[str]:
+    """The issues of the ranking window (db/search.py) for ``words``."""
+    ranked = search.ranked_issue_ids(db.dialect, workspace_id, words)
+    assert ranked is not None
+    async with db.read_session() as session:
+        return set((await session.execute(select(ranked.c.issue_id))).scalars())
+
+
+async def test_search_ranks_the_newest_matches_first_then_every_other_match(
+    api: httpx.AsyncClient, team: dict[str, Any], db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ranking window (db/search.py): a search ranks only the newest matching
+    documents, then lists every other match, most recently updated first; paging through
+    it is stable and finds each match once."""
+    monkeypatch.setattr(search, "RANKING_WINDOW", 4)
+    owner = team["owner"]
+    created = [await create(api, owner, title=f"needle number {i}") for i in range(8)]
+    await create(api, owner, title="no match here")
+    newest_first = [issue["key"] for issue in reversed(created)]
+    # PostgreSQL ranks the 2 newest issues and 2 newest comments, SQLite the 4 newest
+    # documents of either kind: here, the newest 2 or 4 issues come first.
+    ranked = 2 if db.dialect == "postgresql" else 4
+    assert len(await window_ids(db, team["workspace"].id, "needl")) == ranked
+
+    async def keys(limit: int) -> list[str]:
+        return [i["key"] for i in await walk(api, owner, limit, q="needl")]
+
+    one_page = await keys(50)
+    assert set(one_page[:ranked]) == set(newest_first[:ranked])
+    assert one_page[ranked:] == newest_first[ranked:], "then the others, newest first"
+    assert await keys(1) == one_page, "page by page: the same issues, same order, once each"
+    assert await keys(3) == one_page, "and again"
+    # A comment on an old issue is a new matching document: it enters the window.
+    await api.post(
+        f"{WS}/issues/{created[0]['key']}/comments",
+        headers=owner.headers,
+        json={"body": "the needle is back"},
+    )
+    assert (await keys(50)).index(created[0]["key"]) < 4
+    # Reversed: the unranked matches first (oldest first), the window last.
+    reverse = [i["key"] for i in await walk(api, owner, 2, q="needl", sort="-relevance")]
+    assert sorted(reverse) == sorted(one_page)
+    window = {
+        i["key"] for i in created if i["id"] in await window_ids(db, team["workspace"].id, "needl")
+    }
+    assert set(reverse[-len(window) :]) == window
+    # With fewer matches than the window, every match is ranked.
+    monkeypatch.setattr(search, "RANKING_WINDOW", 1000)
+    assert sorted(await keys(3)) == sorted(i["key"] for i in created)
+
+
+@pytest.mark.parametrize("collect_limit", [1, 5000], ids=["check-each", "collect"])
+async def test_search_with_filters_and_sorts_finds_every_match(
+    api: httpx.AsyncClient,
+    team: dict[str, Any],
+    db: Database,
+    monkeypatch: pytest.MonkeyPatch,
+    collect_limit: int,
+) -> None:
+    """A search is also a filter: with any other filter and any sort, paging through the
+    results yields exactly the issues matching the words and the filters — including
+    the oldest ones, far outside a (tiny) ranking window that newer matches fill. Both
+    ways of testing "matches" (collecting the matches, checking issue by issue) run."""
+    monkeypatch.setattr(search, "RANKING_WINDOW", 3)
+    monkeypatch.setattr(search, "COLLECT_LIMIT", collect_limit)
+    owner, member = team["owner"], team["member"]
+    bug = (await api.post(f"{WS}/labels", headers=owner.headers, json={"name": "bug"})).json()
+    done, todo = await status_id(api, owner, "done"), await status_id(api, owner, "todo")
+    parent = await create(api, owner, title="Parent of things")
+    to_member = {"kind": "member", "id": member.user.id}
+    wanted = {
+        "status_id": done,
+        "priority": "high",
+        "label_ids": [bug["id"]],
+        "assignee": to_member,
+        "parent": parent["key"],
+    }
+    expected: dict[str, dict[str, Any]] = {}  # key -> the facts the filters look at
+
+    async def issue(title: str, matches: bool, **fields: Any) -> dict[str, Any]:
+        made = await create(api, owner, title=title, **fields)
+        expected[made["key"]] = {**fields, "matches": matches}
+        return made
+
+    async def comment(made: dict[str, Any], body: str) -> dict[str, Any]:
+        response = await api.post(
+            f"{WS}/issues/{made['key']}/comments", headers=owner.headers, json={"body": body}
+        )
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    # The oldest issues are the ones the filters want.
+    await issue("Needle in the title", True, **wanted)
+    by_comment = await issue("Only a comment has it", True, **wanted)
+    await comment(by_comment, "found the needle here")
+    await issue("Needle with low priority", True, **{**wanted, "priority": "low"})
+    hidden = await issue("Deleted comment only", False, **wanted)
+    gone = await comment(hidden, "a needle that was deleted")
+    assert (
+        await api.delete(f"{WS}/comments/{gone['id']}", headers=owner.headers)
+    ).status_code == 204
+    await issue("Haystack", False, **wanted)
+    await issue("Needle not assigned", True, **{**wanted, "assignee": None})
+    # Newer matches fill the window many times over: open issues, their comments.
+    for i in range(6):
+        newer = await issue(f"needle newer {i}", True, status_id=todo, priority="high")
+        await comment(newer, f"another needle {i}")
+    workspace_id = team["workspace"].id
+    window = await window_ids(db, workspace_id, "needle")
+    assert not window & {
+        (await api.get(f"{WS}/issues/{key}", headers=owner.headers)).json()["id"]
+        for key, facts in expected.items()
+        if facts.get("status_id") == done
+    }, "the issues asked for are all outside the ranking window"
+
+    filters: list[tuple[dict[str, Any], Any]] = [
+        ({}, lambda facts: True),
+        ({"category": "done"}, lambda facts: facts.get("status_id") == done),
+        ({"status": done}, lambda facts: facts.get("status_id") == done),
+        ({"priority": "high"}, lambda facts: facts.get("priority") == "high"),
+        ({"label": bug["id"]}, lambda facts: bug["id"] in facts.get("label_ids", [])),
+        ({"assignee": f"member:{member.user.id}"}, lambda facts: facts.get("assignee")),
+        ({"parent": parent["key"]}, lambda facts: facts.get("parent") == parent["key"]),
+        (
+            {"category": "done", "priority": "high", "label": bug["id"]},
+            lambda facts: facts.get("status_id") == done and facts.get("priority") == "high",
+        ),
+    ]
+    for params, keep in filters:
+        matching = {key for key, facts in expected.items() if facts["matches"] and keep(facts)}
+        assert matching, params
+        for sort in (None, "-relevance", "created", "-updated"):
+            extra = {"sort": sort} if sort else {}
+            everything = await walk(api, owner, 50, q="needle", **params, **extra)
+            keys = [i["key"] for i in everything]
+            assert sorted(keys) == sorted(matching), (params, sort)
+            paged = await walk(api, owner, 2, q="needle", **params, **extra)
+            assert [i["key"] for i in paged] == keys, (params, sort)
+            if sort in (None, "-relevance"):
+                ranked = [i for i in everything if i["id"] in window]
+                rest = [i for i in everything if i["id"] not in window]
+                by_update = sorted(rest, key=lambda i: i["id"])
+                by_update.sort(key=lambda i: updated(i), reverse=sort is None)
+                if sort is None:
+                    assert everything == ranked + by_update, params
+                else:
+                    assert everything == by_update + ranked, params
+    # A search still never crosses workspaces, and text without words matches nothing.
+    assert await walk(api, owner, 50, q="needle", category="blocked") == []
+    assert await walk(api, owner, 50, q="***", category="done") == []
+
+
+async def test_label_filter_with_and_without_a_status_filter(
+    api: httpx.AsyncClient, team: dict[str, Any]
+) -> None:
+    """A label filter takes two SQL shapes (IN without a status filter, EXISTS with one);
+    both select the same issues."""
+    owner = team["owner"]
+    bug = (await api.post(f"{WS}/labels", headers=owner.headers, json={"name": "bug"})).json()
+    ui = (await api.post(f"{WS}/labels", headers=owner.headers, json={"name": "ui"})).json()
+    doing = await status_id(api, owner, "in_progress")
+    expected_bug_doing_high: list[str] = []
+    for i in range(12):
+        labels = [bug["id"]] if i % 2 else [ui["id"]]
+        if i % 3 == 0:
+            labels.append(ui["id"] if i % 2 else bug["id"])
+        issue = await create(
+            api,
+            owner,
+            title=f"Issue {i}",
+            status_id=doing if i % 4 else None,
+            priority="high" if i < 8 else "low",
+            label_ids=sorted(set(labels)),
+        )
+        if i % 4 and i < 8 and bug["id"] in labels:
+            expected_bug_doing_high.append(issue["key"])
+
+    async def keys(**params: Any) -> list[str]:
+        found: list[str] = []
+        cursor = None
+        while True:
+            query: dict[str, Any] = {"sort": "-updated", "limit": 2, **params}
+            if cursor:
+                query["cursor"] = cursor
+            page = await api.get(f"{WS}/issues", headers=owner.headers, params=query)
+            assert page.status_code == 200, page.text
+            found += [i["key"] for i in page.json()["items"]]
+            cursor = page.json()["next_cursor"]
+            if not cursor:
+                return found
+
+    everything = await keys()
+    with_bug = await keys(label=bug["id"])
+    both = await keys(label=[bug["id"], ui["id"]])
+    assert both, "some issues carry both labels"
+    assert set(both) < set(with_bug), "every label must match"
+    filtered = await keys(category="in_progress", priority="high", label=bug["id"])
+    assert sorted(filtered) == sorted(expected_bug_doing_high)
+    assert filtered == [k for k in everything if k in expected_bug_doing_high], "newest first"
+    by_status = await keys(status=doing, label=[bug["id"], ui["id"]])
+    assert by_status == [k for k in both if k in await keys(status=doing)]
 
 
 async def test_review_fixes_due_sort_edited_blank_titles_prefixes_inbox_keys(

@@ -12,7 +12,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -27,7 +29,6 @@ from forgehall.db.base import Base
 from forgehall.db.types import EncryptedText, utcnow
 from forgehall.identity.models import new_id
 
-PROVIDERS = ("claude", "codex", "cursor", "opencode", "copilot", "gemini", "qwen", "acp", "custom")
 ACTIVE_STATES = ("queued", "dispatched", "running")
 _ACTIVE_SQL = "status IN ('queued', 'dispatched', 'running')"
 
@@ -123,7 +124,58 @@ class Task(Base):
     failure_class: Mapped[str | None] = mapped_column(String(30), default=None)
     failure_detail: Mapped[str | None] = mapped_column(Text, default=None)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(default=None)
+    # set once a claim response told the holder; heartbeats keep repeating it
+    cancel_delivered_at: Mapped[datetime | None] = mapped_column(default=None)
     session_id: Mapped[str | None] = mapped_column(String(200), default=None)
+    progress: Mapped[str] = mapped_column(String(500), default="")
+    result: Mapped[str] = mapped_column(Text, default="")  # the daemon's closing summary
+    created_by: Mapped[str | None] = mapped_column(String(32), default=None)  # user, manual
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+MESSAGE_KINDS = ("text", "thinking", "tool_use", "tool_result", "error")
+
+
+class TaskMessage(Base):
+    """One entry of a task's transcript, in the daemon's order: ``seq`` counts from 1 in
+    each attempt (a retried task starts a new transcript beside the old one)."""
+
+    __tablename__ = "task_messages"
+    __table_args__ = (
+        UniqueConstraint("task_id", "attempt", "seq"),
+        CheckConstraint(
+            "kind IN ('text','thinking','tool_use','tool_result','error')", name="kind_known"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    workspace_id: Mapped[str] = mapped_column(String(32))
+    attempt: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(20))
+    content: Mapped[str] = mapped_column(Text)  # JSON (tool calls) or plain text
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TaskUsage(Base):
+    """Token use of a task per model: the totals the daemon last reported."""
+
+    __tablename__ = "task_usage"
+
+    task_id: Mapped[str] = mapped_column(
+        ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(String(32), index=True)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    cost_source: Mapped[str] = mapped_column(String(10), default="provider")  # or "prices"
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -16,6 +16,12 @@ Invariants:
 - Failure classes: retryable ones (runtime offline, lease expired, provider network)
   go back to the queue with exponential backoff until ``max_attempts``; final ones
   (agent error, cancelled, gate failure) end the task.
+
+These functions never commit: they work inside the caller's transaction, so a trigger is
+queued atomically with the issue change that caused it, and a claim atomically with the
+task tokens minted for it (``agents.dispatch`` commits). ``enqueue`` uses a savepoint
+for its insert, so a lost race with a concurrent trigger is absorbed without aborting
+the caller's transaction.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -57,7 +63,13 @@ class Enqueued:
 
 
 async def enqueue(
-    session: AsyncSession, *, workspace_id: str, issue_id: str, agent_id: str, trigger: str
+    session: AsyncSession,
+    *,
+    workspace_id: str,
+    issue_id: str,
+    agent_id: str,
+    trigger: str,
+    created_by: str | None = None,
 ) -> Enqueued:
     """Ask ``agent_id`` to work on ``issue_id``; coalesces with the active task."""
     for _ in range(3):
@@ -70,21 +82,22 @@ async def enqueue(
         )
         if active is not None:
             if active.status == "queued":
-                await session.commit()
                 return Enqueued(active, "coalesced")
-            if not active.follow_up:
-                active.follow_up = True
-            await session.commit()
+            active.follow_up = True
+            await session.flush()
             return Enqueued(active, "follow_up")
         task = Task(
-            workspace_id=workspace_id, issue_id=issue_id, agent_id=agent_id, trigger=trigger
+            workspace_id=workspace_id,
+            issue_id=issue_id,
+            agent_id=agent_id,
+            trigger=trigger,
+            created_by=created_by,
         )
-        session.add(task)
         try:
-            await session.commit()
+            async with session.begin_nested():
+                session.add(task)
         except IntegrityError:
-            await session.rollback()  # another trigger created it first: coalesce
-            continue
+            continue  # a concurrent trigger created it first: coalesce with that one
         log.info("task.queued", task_id=task.id, trigger=trigger)
         return Enqueued(task, "queued")
     raise ProblemError(
@@ -99,17 +112,53 @@ def _in_pool(runtime_id: str) -> Any:
 async def claim(
     session: AsyncSession, runtime: Runtime, providers: list[str], limit: int
 ) -> list[Task]:
-    """Claim up to ``limit`` queued tasks this runtime may run; returns them leased."""
+    """Claim up to ``limit`` queued tasks this runtime may run; returns them leased.
+
+    The agents concerned are row-locked first (in id order), so concurrent claimers on
+    PostgreSQL count each agent's running tasks one after the other and never exceed
+    its concurrency limit together. Each locked agent's free slots (its limit minus its
+    dispatched and running tasks) are counted once, after the lock, in a statement of
+    their own (so it sees what the previous holder of the lock committed); the oldest
+    queued tasks then fill them, at most that many per agent (counted within the batch
+    too); the claim itself is one ``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP
+    LOCKED) RETURNING``.
+    """
     if limit <= 0 or not providers:
         return []
     moment = now()
-    busy = (
-        select(func.count())
-        .select_from(Task)
-        .where(Task.agent_id == Agent.id, Task.status.in_(("dispatched", "running")))
-        .correlate(Agent)
-        .scalar_subquery()
+    claimable = (
+        Task.workspace_id == runtime.workspace_id,
+        Task.status == "queued",
+        Task.available_at <= moment,
     )
+    with_work = select(Task.agent_id).where(*claimable).distinct()
+    locked = await session.execute(
+        select(Agent.id, Agent.max_concurrent_tasks)
+        .where(
+            Agent.id.in_(with_work),
+            Agent.archived_at.is_(None),
+            Agent.provider.in_(providers),
+            _in_pool(runtime.id),
+        )
+        .order_by(Agent.id)
+        .with_for_update(of=Agent)
+    )
+    caps: dict[str, int] = {agent_id: cap for agent_id, cap in locked.all()}
+    if not caps:
+        return []
+    counted = await session.execute(
+        select(Task.agent_id, func.count())
+        .where(Task.agent_id.in_(list(caps)), Task.status.in_(("dispatched", "running")))
+        .group_by(Task.agent_id)
+    )
+    busy: dict[str, int] = {agent_id: n for agent_id, n in counted.all()}
+    free = {
+        agent_id: min(cap - busy.get(agent_id, 0), limit)
+        for agent_id, cap in caps.items()
+        if cap - busy.get(agent_id, 0) > 0
+    }
+    if not free:
+        return []
     rank = (
         func.row_number()
         .over(partition_by=Task.agent_id, order_by=(Task.available_at, Task.created_at))
@@ -119,54 +168,47 @@ async def claim(
         select(
             Task.id,
             Task.available_at,
+            Task.created_at,
             rank,
-            busy.label("busy"),
-            Agent.max_concurrent_tasks.label("cap"),
+            case(free, value=Task.agent_id, else_=0).label("free"),
         )
-        .join(Agent, Agent.id == Task.agent_id)
-        .where(
-            Task.workspace_id == runtime.workspace_id,
-            Task.status == "queued",
-            Task.available_at <= moment,
-            Agent.archived_at.is_(None),
-            Agent.provider.in_(providers),
-            _in_pool(runtime.id),
-        )
+        .where(*claimable, Task.agent_id.in_(list(free)))
         .subquery()
     )
-    chosen = [
-        row.id
-        for row in (
+    chosen = list(
+        (
             await session.execute(
                 select(candidates.c.id)
-                .where(candidates.c.rank + candidates.c.busy <= candidates.c.cap)
-                .order_by(candidates.c.available_at)
+                .where(candidates.c.rank <= candidates.c.free)
+                .order_by(candidates.c.available_at, candidates.c.created_at)
                 .limit(limit)
             )
-        ).all()
-    ]
+        ).scalars()
+    )
     if not chosen:
-        await session.commit()
         return []
-    claimed: list[Task] = []
-    for task_id in chosen:  # one guarded update each: never two owners for one task
-        result = await session.execute(
-            update(Task)
-            .where(Task.id == task_id, Task.status == "queued")
-            .values(
-                status="dispatched",
-                runtime_id=runtime.id,
-                lease_token=secrets.token_hex(16),
-                lease_expires_at=moment + LEASE,
-                attempt=Task.attempt + 1,
-                cancel_requested_at=None,
-            )
-            .returning(Task)
+    tokens = {task_id: secrets.token_hex(16) for task_id in chosen}
+    still_queued = (
+        select(Task.id)
+        .where(Task.id.in_(chosen), Task.status == "queued")
+        .with_for_update(skip_locked=True)
+    )
+    result = await session.execute(
+        update(Task)
+        .where(Task.id.in_(still_queued))
+        .values(
+            status="dispatched",
+            runtime_id=runtime.id,
+            lease_token=case(tokens, value=Task.id),
+            lease_expires_at=moment + LEASE,
+            attempt=Task.attempt + 1,
+            cancel_requested_at=None,
+            cancel_delivered_at=None,
         )
-        task = result.scalar_one_or_none()
-        if task is not None:
-            claimed.append(task)
-    await session.commit()
+        .returning(Task)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    claimed = sorted(result.scalars(), key=lambda t: chosen.index(t.id))
     for task in claimed:
         log.info("task.claimed", task_id=task.id, runtime_id=runtime.id, attempt=task.attempt)
     return claimed
@@ -203,14 +245,38 @@ async def start(
     task.lease_expires_at = now() + LEASE
     if session_id:
         task.session_id = session_id
-    await session.commit()
+    await session.flush()
     return task
 
 
-async def complete(session: AsyncSession, task_id: str, lease_token: str) -> Task:
+async def report(session: AsyncSession, task_id: str, lease_token: str) -> Task:
+    """Check the lease for a report made while the task runs (messages, usage, progress)
+    and extend it: a daemon that is reporting is alive."""
+    task = await _leased(session, task_id, lease_token, ("dispatched", "running"))
+    task.lease_expires_at = now() + LEASE
+    return task
+
+
+@dataclass(frozen=True)
+class Completed:
+    task: Task
+    follow_up: Task | None
+
+
+async def complete(
+    session: AsyncSession,
+    task_id: str,
+    lease_token: str,
+    *,
+    result: str = "",
+    session_id: str | None = None,
+) -> Completed:
     """Finish a task; a pending follow-up is queued in the same transaction."""
     task = await _leased(session, task_id, lease_token, ("dispatched", "running"))
     _finish(task, "completed")
+    task.result = result[:20000]
+    if session_id:
+        task.session_id = session_id
     follow_up = None
     if task.follow_up:
         await session.flush()  # free the (issue, agent) slot first
@@ -221,9 +287,9 @@ async def complete(session: AsyncSession, task_id: str, lease_token: str) -> Tas
             trigger="follow_up",
         )
         session.add(follow_up)
-    await session.commit()
+    await session.flush()
     log.info("task.completed", task_id=task.id, follow_up=follow_up.id if follow_up else None)
-    return task
+    return Completed(task, follow_up)
 
 
 def _finish(task: Task, status: str) -> None:
@@ -243,11 +309,15 @@ async def fail(
         )
     task = await _leased(session, task_id, lease_token, ("dispatched", "running"))
     _retry_or_fail(task, failure_class, detail)
-    await session.commit()
+    await session.flush()
     return task
 
 
 def _retry_or_fail(task: Task, failure_class: str, detail: str) -> None:
+    if task.cancel_requested_at is not None and failure_class != "cancelled":
+        # Someone asked to cancel it: whatever stopped this attempt, it ends here.
+        detail = f"cancelled (the attempt ended with {failure_class}: {detail})"
+        failure_class = "cancelled"
     task.failure_class, task.failure_detail = failure_class, detail[:4000]
     if failure_class in RETRYABLE and task.attempt < task.max_attempts:
         task.status, task.runtime_id = "queued", None
@@ -261,16 +331,26 @@ def _retry_or_fail(task: Task, failure_class: str, detail: str) -> None:
         log.info("task.failed", task_id=task.id, failure_class=failure_class)
 
 
-async def heartbeat(session: AsyncSession, runtime: Runtime) -> list[str]:
-    """Extend the leases of the runtime's tasks; return the ids it must cancel."""
+async def heartbeat(
+    session: AsyncSession, runtime: Runtime, held: list[str] | None = None
+) -> list[str]:
+    """Extend the leases of the runtime's tasks (only those in ``held`` when given);
+    return the ids it must cancel."""
     moment = now()
     runtime.last_heartbeat_at = moment
-    await session.execute(
-        update(Task)
-        .where(Task.runtime_id == runtime.id, Task.status.in_(("dispatched", "running")))
-        .values(lease_expires_at=moment + LEASE)
+    renew = update(Task).where(
+        Task.runtime_id == runtime.id, Task.status.in_(("dispatched", "running"))
     )
-    cancel = list(
+    if held is not None:
+        renew = renew.where(Task.id.in_(held))
+    await session.execute(renew.values(lease_expires_at=moment + LEASE))
+    await session.flush()
+    return await cancellations(session, runtime)
+
+
+async def cancellations(session: AsyncSession, runtime: Runtime) -> list[str]:
+    """Ids of the runtime's tasks whose cancellation was asked for."""
+    return list(
         (
             await session.execute(
                 select(Task.id).where(
@@ -281,8 +361,6 @@ async def heartbeat(session: AsyncSession, runtime: Runtime) -> list[str]:
             )
         ).scalars()
     )
-    await session.commit()
-    return cancel
 
 
 async def request_cancel(session: AsyncSession, workspace_id: str, task_id: str) -> Task:
@@ -291,7 +369,7 @@ async def request_cancel(session: AsyncSession, workspace_id: str, task_id: str)
         raise ProblemError(404, f"task {task_id} was not found")
     if task.status == "queued":
         _finish(task, "cancelled")
-        task.failure_class = "cancelled"
+        task.failure_class, task.failure_detail = "cancelled", "cancelled while queued"
     elif task.status in ("dispatched", "running"):
         task.cancel_requested_at = task.cancel_requested_at or now()
     else:
@@ -301,11 +379,24 @@ async def request_cancel(session: AsyncSession, workspace_id: str, task_id: str)
             type_="invalid-transition",
             current_state=task.status,
         )
-    await session.commit()
+    await session.flush()
     return task
 
 
-async def expire_leases(session: AsyncSession) -> list[str]:
+async def cancel_active(session: AsyncSession, issue_id: str, agent_id: str) -> Task | None:
+    """The agent no longer works on the issue (it was unassigned): cancel its active task
+    there, if any — at once when queued, through its daemon when running."""
+    task = await session.scalar(
+        select(Task)
+        .where(Task.issue_id == issue_id, Task.agent_id == agent_id, Task.status.in_(ACTIVE_STATES))
+        .with_for_update()
+    )
+    if task is not None:
+        await request_cancel(session, task.workspace_id, task.id)
+    return task
+
+
+async def expire_leases(session: AsyncSession) -> list[Task]:
     """The watchdog: tasks whose lease ran out are retried or failed (lease_expired)."""
     rows = list(
         (
@@ -318,11 +409,13 @@ async def expire_leases(session: AsyncSession) -> list[str]:
     )
     for task in rows:
         _retry_or_fail(task, "lease_expired", "the runtime stopped renewing its lease")
-    await session.commit()
-    return [t.id for t in rows]
+    await session.flush()
+    return rows
 
 
-async def report_orphans(session: AsyncSession, runtime: Runtime, task_ids: list[str]) -> int:
+async def report_orphans(
+    session: AsyncSession, runtime: Runtime, task_ids: list[str]
+) -> list[Task]:
     """A restarted daemon names tasks it held: retry them now, not at lease expiry."""
     rows = list(
         (
@@ -339,5 +432,6 @@ async def report_orphans(session: AsyncSession, runtime: Runtime, task_ids: list
     )
     for task in rows:
         _retry_or_fail(task, "runtime_offline", "the daemon restarted while holding it")
-    await session.commit()
-    return len(rows)
+        task.available_at = now()  # the runtime is back: no reason to wait
+    await session.flush()
+    return rows

@@ -12,7 +12,9 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from forgehall.agents.models import PROVIDERS
+#: The agent CLIs a profile may name (``custom``: the workspace-defined command). Kept
+#: here rather than in ``models`` so the CLI can read the schemas without SQLAlchemy.
+PROVIDERS = ("claude", "codex", "cursor", "opencode", "copilot", "gemini", "qwen", "acp", "custom")
 
 #: An agent's name doubles as its @mention handle.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -167,3 +169,298 @@ class RuntimeOut(BaseModel):
     task_ids: list[str] = Field(description="Tasks dispatched to or running on it now.")
     registered_at: datetime
     last_heartbeat_at: datetime
+
+
+# --- the daemon protocol (``/api/v1/daemon/``) ---------------------------------------------
+
+MESSAGE_BATCH_MAX = 500
+MESSAGE_CONTENT_MAX = 256 * 1024
+CLAIM_WAIT_MAX = 30.0
+CLAIM_LIMIT_MAX = 50
+MessageKind = Literal["text", "thinking", "tool_use", "tool_result", "error"]
+TaskStatus = Literal["queued", "dispatched", "running", "completed", "failed", "cancelled"]
+FailureClass = Literal[
+    "runtime_offline",
+    "lease_expired",
+    "provider_network",
+    "agent_error",
+    "cancelled",
+    "gate_failure",
+]
+
+
+class RuntimeRegisterIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    daemon_id: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="The daemon's persistent id (kept in its state directory): registering "
+        "again with the same id updates that runtime instead of adding one.",
+    )
+    machine: str = Field("", max_length=200, description="Host name, for people.")
+    providers: dict[
+        Annotated[str, StringConstraints(max_length=40)],
+        Annotated[str, StringConstraints(max_length=100)],
+    ] = Field(
+        default_factory=dict,
+        max_length=20,
+        description="Agent CLIs found on the machine: provider → version.",
+    )
+    capacity: int = Field(4, ge=1, le=100, description="Tasks the daemon runs at once.")
+
+
+class RuntimeRegisteredOut(BaseModel):
+    runtime_id: str
+    workspace_id: str
+    heartbeat_seconds: float = Field(description="Send a heartbeat at least this often.")
+    lease_seconds: float = Field(
+        description="A lease lasts this long; heartbeats and reports renew it."
+    )
+    offline_after_seconds: float = Field(
+        description="Without a heartbeat for this long the runtime is shown offline."
+    )
+
+
+class HeartbeatIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    held: list[str] | None = Field(
+        None,
+        max_length=1000,
+        description="The tasks the daemon holds now (running, or finished with the result "
+        "not yet delivered). When sent, only their leases are renewed: a task dispatched to "
+        "this runtime that the daemon does not know of (a claim whose answer was lost) runs "
+        "out its lease and is retried. Omitted: every task of the runtime is renewed.",
+    )
+
+
+class HeartbeatOut(BaseModel):
+    cancel: list[str] = Field(
+        description="Tasks held by this runtime whose cancellation was asked for: stop "
+        "them and report `fail` with `failure_class` `cancelled`."
+    )
+
+
+class ClaimIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(1, ge=1, le=CLAIM_LIMIT_MAX, description="Most tasks to take.")
+    wait: float = Field(
+        0,
+        ge=0,
+        le=CLAIM_WAIT_MAX,
+        description="Seconds to wait for work when none is available now (long poll). The "
+        "answer comes the moment a task for this runtime is queued.",
+    )
+
+
+class ClaimedAgent(BaseModel):
+    id: str
+    name: str
+    provider: str
+    model: str
+    instructions: str
+    custom_command: CustomCommand | None
+    extra_args: list[str]
+    env: dict[str, str] = Field(description="Decrypted: set these for the agent process only.")
+
+
+class ClaimedComment(BaseModel):
+    author: str = Field(description="`member:<name>` or `agent:<name>`.")
+    body: str
+    created_at: datetime
+
+
+class ClaimedIssue(BaseModel):
+    id: str
+    key: str
+    title: str
+    description: str
+    status: str
+    status_category: str
+    priority: str
+    labels: list[str]
+    comments: list[ClaimedComment] = Field(
+        description="Oldest first; the newest 200 when the issue has more."
+    )
+
+
+class ClaimedRepository(BaseModel):
+    name: str
+    url: str
+    default_branch: str
+
+
+class ClaimedTask(BaseModel):
+    id: str
+    workspace_id: str
+    attempt: int
+    trigger: str
+    lease_token: str = Field(description="Send it with every report on this task.")
+    lease_expires_at: datetime
+    task_token: str = Field(
+        description="`fh_tsk_…`: the agent process acts through the API with it (comments, "
+        "status) as the agent; valid only while the task runs."
+    )
+    prior_session_id: str | None = Field(
+        description="The CLI session of this agent's last run on this issue, to resume."
+    )
+    agent: ClaimedAgent
+    issue: ClaimedIssue
+    repositories: list[ClaimedRepository]
+
+
+class ClaimOut(BaseModel):
+    tasks: list[ClaimedTask]
+    cancel: list[str] = Field(
+        description="Tasks of this runtime whose cancellation was asked for (each told once "
+        "here; heartbeats repeat them)."
+    )
+
+
+class LeaseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lease_token: str = Field(min_length=1, max_length=64)
+
+
+class StartIn(LeaseIn):
+    session_id: str | None = Field(None, max_length=200, description="The CLI's session id.")
+
+
+class MessageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seq: int = Field(ge=1, description="Order within this attempt, from 1; a repeat is ignored.")
+    kind: MessageKind
+    content: str = Field(
+        description=f"Text, or JSON for tool calls; at most {MESSAGE_CONTENT_MAX} bytes."
+    )
+
+
+class MessagesIn(LeaseIn):
+    messages: list[MessageIn] = Field(
+        description=f"At most {MESSAGE_BATCH_MAX} per batch (more: 413)."
+    )
+
+
+class MessagesOut(BaseModel):
+    stored: int
+    duplicates: int = Field(description="Sequence numbers already stored, ignored.")
+
+
+class UsageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=200)
+    input_tokens: int = Field(0, ge=0)
+    output_tokens: int = Field(0, ge=0)
+    cache_read_tokens: int = Field(0, ge=0)
+    cache_write_tokens: int = Field(0, ge=0)
+    cost_usd: float | None = Field(
+        None, ge=0, description="As reported by the CLI; omitted: priced from settings."
+    )
+
+
+class UsageReportIn(LeaseIn):
+    usage: list[UsageIn] = Field(
+        max_length=50,
+        description="Totals so far of this task, per model. Each report replaces the "
+        "previous one entirely: a model it does not name is dropped.",
+    )
+
+
+class ProgressIn(LeaseIn):
+    summary: str = Field(max_length=500)
+
+
+class CompleteIn(LeaseIn):
+    summary: str = Field("", max_length=20_000, description="What the agent did, for people.")
+    session_id: str | None = Field(None, max_length=200)
+
+
+class FailIn(LeaseIn):
+    failure_class: FailureClass = Field(
+        description="Retryable: runtime_offline, lease_expired, provider_network (back to the "
+        "queue with backoff until max_attempts). Final: agent_error, cancelled, gate_failure."
+    )
+    detail: str = Field("", max_length=4000)
+
+
+class OrphansIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    task_ids: list[str] = Field(max_length=1000)
+
+
+class OrphansOut(BaseModel):
+    retried: list[str] = Field(description="Tasks put back in the queue, claimable now.")
+    ended: list[str] = Field(
+        description="Tasks that ended instead: out of attempts (failed) or cancelled."
+    )
+
+
+class TaskStateOut(BaseModel):
+    id: str
+    status: TaskStatus
+    attempt: int
+    lease_expires_at: datetime | None
+    cancel_requested: bool
+    follow_up_id: str | None = Field(None, description="The follow-up queued on completion.")
+
+
+# --- tasks for members ----------------------------------------------------------------------
+
+
+class UsageOut(BaseModel):
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    cost_usd: float
+    cost_source: Literal["provider", "prices", "unpriced"]
+
+
+class TaskOut(BaseModel):
+    id: str
+    issue_id: str
+    issue_key: str
+    agent_id: str
+    agent_name: str
+    status: TaskStatus
+    trigger: str
+    follow_up: bool = Field(description="Another run is queued for when this one ends.")
+    runtime_id: str | None
+    attempt: int
+    max_attempts: int
+    available_at: datetime
+    failure_class: str | None
+    failure_detail: str | None
+    cancel_requested: bool
+    progress: str
+    result: str
+    session_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    usage: list[UsageOut]
+    cost_usd: float
+
+
+class TaskMessageOut(BaseModel):
+    attempt: int
+    seq: int
+    kind: MessageKind
+    content: str
+    created_at: datetime
+
+
+class RunIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str | None = Field(
+        None, description="Agent id or name; default: the issue's assignee agent."
+    )

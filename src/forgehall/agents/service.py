@@ -31,7 +31,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from forgehall.agents.models import PROVIDERS, Agent, Runtime, Task
+from forgehall.agents.models import Agent, Runtime, Task
 from forgehall.agents.schemas import (
     ARG_MAX_CHARS,
     ARGS_MAX_ITEMS,
@@ -46,6 +46,7 @@ from forgehall.agents.schemas import (
     NAME_PATTERN,
     PARSERS,
     POOL_MAX_ITEMS,
+    PROVIDERS,
     AgentStatus,
 )
 from forgehall.core.errors import ProblemError

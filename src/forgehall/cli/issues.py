@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
+from forgehall.agents.schemas import AgentOut
 from forgehall.cli.client import JsonOption, Server, WorkspaceOption, _parse, _print, _workspace
 from forgehall.cli.context import fail
 from forgehall.cli.credentials import load_credentials
@@ -47,10 +48,7 @@ from forgehall.workspaces.schemas import MemberOut
 
 PRIORITIES: tuple[str, ...] = get_args(Priority)
 CATEGORIES: tuple[str, ...] = get_args(Category)
-ASSIGNEE_HELP = (
-    "me, a member's email, or agent:ID (agents are given by id: the API has no agent "
-    "list to look names up in yet)."
-)
+ASSIGNEE_HELP = "me, a member's email, or agent:NAME (an agent's name or id)."
 
 issue_app = typer.Typer(
     help="Issues on the board: create, list, search, show, change, comment, dependencies.",
@@ -111,6 +109,18 @@ class Board:
         return rows
 
     @cached_property
+    def agents(self) -> list[AgentOut]:
+        rows: list[AgentOut] = _parse(list[AgentOut], self.call("GET", "/agents"))
+        return rows
+
+    @cached_property
+    def archived_agents(self) -> list[AgentOut]:
+        rows: list[AgentOut] = _parse(
+            list[AgentOut], self.call("GET", "/agents", params={"archived": "true"})
+        )
+        return rows
+
+    @cached_property
     def me(self) -> UserOut:
         user: UserOut = _parse(UserOut, self.server.request("GET", "/api/v1/me"))
         return user
@@ -142,24 +152,55 @@ class Board:
             fail(f"{email} is not a member of {self.slug}; its members are: {emails}")
         return found
 
-    def assignee(self, value: str) -> ActorRef | None:
-        """me | EMAIL | agent:ID | none → the API's reference."""
+    def agent(self, ref: str, *, archived_ok: bool = False) -> AgentOut:
+        """An agent by id or name (names are case-insensitive, as on the server).
+
+        An archived agent is refused unless ``archived_ok`` (filters may name one;
+        nothing can be assigned to it)."""
+        wanted = ref.strip()
+
+        def find(rows: list[AgentOut]) -> AgentOut | None:
+            return next((a for a in rows if a.id == wanted), None) or next(
+                (a for a in rows if a.name.casefold() == wanted.casefold()), None
+            )
+
+        found = find(self.agents)
+        if found is None:
+            found = find(self.archived_agents)
+            if found is None:
+                names = ", ".join(a.name for a in self.agents) or "(none yet)"
+                fail(f"unknown agent {ref!r}; the agents of {self.slug} are: {names}")
+            if not archived_ok:
+                fail(
+                    f"agent {found.name} is archived; restore it first "
+                    f"(`forgehall agent restore {found.name}`)"
+                )
+        return found
+
+    def assignee(self, value: str, *, archived_ok: bool = False) -> ActorRef | None:
+        """me | EMAIL | agent:NAME | agent:ID | none → the API's reference."""
         text = value.strip()
         if text.casefold() == "none":
             return None
         if text.casefold() == "me":
             return ActorRef(kind="member", id=self.me.id)
-        agent_id = text.removeprefix("agent:") if text.startswith("agent:") else ""
-        if not agent_id and "@" not in text:
-            fail(f"assignee {value!r} must be me, none, an email or agent:ID")
-        if agent_id:
-            return ActorRef(kind="agent", id=agent_id)
+        agent_ref = text[len("agent:") :] if text.casefold().startswith("agent:") else ""
+        if not agent_ref and "@" not in text:
+            fail(f"assignee {value!r} must be me, none, an email or agent:NAME")
+        if agent_ref:
+            return ActorRef(kind="agent", id=self.agent(agent_ref, archived_ok=archived_ok).id)
         return ActorRef(kind="member", id=self.member_id(text))
 
     def who(self, ref: ActorRef | None) -> str:
         if ref is None:
             return "—"
         if ref.kind == "agent":
+            for agent in self.agents:
+                if agent.id == ref.id:
+                    return f"agent:{agent.name}"
+            for agent in self.archived_agents:
+                if agent.id == ref.id:
+                    return f"agent:{agent.name} (archived)"
             return f"agent:{ref.id}"
         for member in self.members:
             if member.user_id == ref.id:
@@ -246,7 +287,7 @@ CategoryFilter = Annotated[
 ]
 AssigneeFilter = Annotated[
     str | None,
-    typer.Option("--assignee", help="me, none, a member's email, or agent:ID."),
+    typer.Option("--assignee", help="me, none, a member's email, or agent:NAME."),
 ]
 LabelFilter = Annotated[
     list[str] | None, typer.Option("--label", help="Label name (repeatable; all must match).")
@@ -363,7 +404,7 @@ def _list(
         if wanted in ("me", "none"):
             params["assignee"] = wanted
         else:
-            ref = board.assignee(assignee)
+            ref = board.assignee(assignee, archived_ok=True)
             assert ref is not None
             params["assignee"] = f"{ref.kind}:{ref.id}"
     items: list[IssueOut] = []
@@ -598,12 +639,15 @@ def issue_update(
 @issue_app.command("assign")
 def issue_assign(
     key: KeyArgument,
-    assignee: Annotated[str, typer.Argument(help="me, an email, agent:ID, or none.")],
+    assignee: Annotated[
+        str, typer.Argument(help="me, an email, agent:NAME (name or id), or none.")
+    ],
     workspace: WorkspaceOption = None,
 ) -> None:
     """Assign an issue to a member or an agent (none: unassign).
 
-    Agents are given as agent:ID: the API has no agent list to look names up in yet.
+    Assigning an agent queues a task for it (a daemon with a runtime for its provider
+    picks it up); see `forgehall task list --issue KEY`.
     """
     board = Board(workspace)
     ref = board.assignee(assignee)

@@ -7,9 +7,12 @@ import sys
 import typer
 
 from forgehall import __version__
+from forgehall.cli import agents as agent_commands
 from forgehall.cli import client as client_commands
+from forgehall.cli import daemon as daemon_commands
 from forgehall.cli import issues as issue_commands
 from forgehall.cli import server as server_commands
+from forgehall.cli import tasks as task_commands
 from forgehall.cli.context import CliState
 
 app = typer.Typer(
@@ -46,6 +49,9 @@ def version() -> None:
 server_commands.register(app)
 client_commands.register(app)
 issue_commands.register(app)
+daemon_commands.register(app)
+agent_commands.register(app)
+task_commands.register(app)
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from forgehall.core.events import EventBus
 from forgehall.core.metrics import Metrics
 from forgehall.db.dialect import try_advisory_lock
 from forgehall.db.engine import Database
@@ -45,9 +46,15 @@ class BackgroundService(ABC):
     leader_only: ClassVar[bool] = False
 
     def __init__(
-        self, db: Database, *, interval: float | None = None, runner_id: str = "local"
+        self,
+        db: Database,
+        *,
+        interval: float | None = None,
+        runner_id: str = "local",
+        bus: EventBus | None = None,
     ) -> None:
         self.db = db
+        self.bus = bus  # for services whose changes others must hear of
         self.interval = interval if interval is not None else self.default_interval
         self.runner_id = runner_id
         self._wake = asyncio.Event()
@@ -224,6 +231,7 @@ def select_services(
     disabled: Iterable[str] = (),
     intervals: dict[str, float] | None = None,
     runner_id: str = "local",
+    bus: EventBus | None = None,
 ) -> list[BackgroundService]:
     """Instantiate the enabled services with their configured intervals."""
     off = set(disabled)
@@ -232,5 +240,7 @@ def select_services(
         if cls.name in off:
             log.info("service.disabled", service=cls.name)
             continue
-        chosen.append(cls(db, interval=(intervals or {}).get(cls.name), runner_id=runner_id))
+        chosen.append(
+            cls(db, interval=(intervals or {}).get(cls.name), runner_id=runner_id, bus=bus)
+        )
     return chosen

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import structlog
-from sqlalchemy import text
+from sqlalchemy import Table, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 if TYPE_CHECKING:
@@ -130,3 +131,11 @@ async def listen(
             await connection.close()
 
     return stop
+
+
+def upsert_insert(session: AsyncSession, table: Table) -> Any:
+    """An ``INSERT`` that supports ``on_conflict_do_nothing`` / ``on_conflict_do_update``
+    (same API on both dialects)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)

@@ -76,6 +76,8 @@ class ApiToken(Base):
         ForeignKey("workspaces.id", ondelete="CASCADE"), default=None, index=True
     )
     task_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
+    # The agent a task token acts as (no foreign key: identity sits below agents).
+    agent_id: Mapped[str | None] = mapped_column(String(32), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(default=None)
     last_used_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -491,6 +491,31 @@ async def create_token(
     workspace_id: str | None = None,
     task_id: str | None = None,
 ) -> IssuedToken:
+    issued = _add_token(
+        session,
+        user,
+        kind=kind,
+        name=name,
+        expires_in=expires_in,
+        workspace_id=workspace_id,
+        task_id=task_id,
+    )
+    await session.commit()
+    log.info("token.created", token_id=issued.row.id, kind=kind, user_id=user.id)
+    return issued
+
+
+def _add_token(
+    session: AsyncSession,
+    user: User,
+    *,
+    kind: TokenKindName,
+    name: str,
+    expires_in: timedelta | None,
+    workspace_id: str | None = None,
+    task_id: str | None = None,
+    agent_id: str | None = None,
+) -> IssuedToken:
     plaintext = generate_token(kind)
     row = ApiToken(
         kind=kind,
@@ -500,12 +525,49 @@ async def create_token(
         user_id=user.id,
         workspace_id=workspace_id,
         task_id=task_id,
+        agent_id=agent_id,
         expires_at=now() + expires_in if expires_in else None,
     )
     session.add(row)
-    await session.commit()
-    log.info("token.created", token_id=row.id, kind=kind, user_id=user.id)
     return IssuedToken(row=row, plaintext=plaintext)
+
+
+#: A backstop: task tokens are revoked when their task stops running; this bounds the
+#: life of one whose revocation was somehow missed.
+TASK_TOKEN_TTL = timedelta(hours=24)
+
+
+def mint_task_token(
+    session: AsyncSession, user: User, *, workspace_id: str, task_id: str, agent_id: str
+) -> str:
+    """A token the agent process of a claimed task acts with (in the caller's
+    transaction): bound to the workspace, acting as the agent, revoked when the task
+    stops running (:func:`revoke_task_tokens`)."""
+    issued = _add_token(
+        session,
+        user,
+        kind="tsk",
+        name=f"task {task_id}",
+        expires_in=TASK_TOKEN_TTL,
+        workspace_id=workspace_id,
+        task_id=task_id,
+        agent_id=agent_id,
+    )
+    return issued.plaintext
+
+
+async def revoke_task_tokens(session: AsyncSession, task_ids: list[str]) -> None:
+    """End the task tokens of tasks that stopped running (in the caller's transaction)."""
+    if task_ids:
+        await session.execute(
+            update(ApiToken)
+            .where(
+                ApiToken.kind == "tsk",
+                ApiToken.task_id.in_(task_ids),
+                ApiToken.revoked_at.is_(None),
+            )
+            .values(revoked_at=now())
+        )
 
 
 async def list_tokens(session: AsyncSession, user: User, kind: TokenKindName) -> list[ApiToken]:
@@ -515,6 +577,37 @@ async def list_tokens(session: AsyncSession, user: User, kind: TokenKindName) ->
         .order_by(ApiToken.created_at.desc())
     )
     return list(result.scalars())
+
+
+async def list_workspace_tokens(
+    session: AsyncSession, workspace_id: str, kind: TokenKindName
+) -> list[ApiToken]:
+    """A workspace's tokens of one kind (daemon tokens), whoever minted them."""
+    result = await session.execute(
+        select(ApiToken)
+        .where(ApiToken.workspace_id == workspace_id, ApiToken.kind == kind)
+        .order_by(ApiToken.created_at.desc())
+    )
+    return list(result.scalars())
+
+
+async def revoke_workspace_token(
+    session: AsyncSession, workspace_id: str, kind: TokenKindName, token_id: str
+) -> None:
+    result = await session.execute(
+        update(ApiToken)
+        .where(
+            ApiToken.id == token_id,
+            ApiToken.workspace_id == workspace_id,
+            ApiToken.kind == kind,
+            ApiToken.revoked_at.is_(None),
+        )
+        .values(revoked_at=now())
+    )
+    await session.commit()
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise ProblemError(404, "token was not found (or is already revoked)")
+    log.info("token.revoked", token_id=token_id)
 
 
 async def revoke_token(session: AsyncSession, user: User, token_id: str) -> None:

@@ -95,6 +95,15 @@ class Issue(Base):
         Index("ix_issues_workspace_position", "workspace_id", "position", "id"),
         # Status-filtered pages sorted by recency walk one status, not the workspace.
         Index("ix_issues_workspace_status_updated", "workspace_id", "status_id", "updated_at"),
+        # Status + priority pages by recency (the board's usual filter) walk one
+        # (status, priority) group in order and check the label of each row.
+        Index(
+            "ix_issues_workspace_status_priority_updated",
+            "workspace_id",
+            "status_id",
+            "priority",
+            "updated_at",
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)

@@ -159,7 +159,9 @@ async def read_issues(
         str | None,
         Query(
             description="relevance (with q), position, created, updated, number, due; "
-            "prefix - to reverse. Default: relevance with q, else position"
+            "prefix - to reverse. Default: relevance with q, else position. Relevance ranks "
+            "the issues of the newest 500 matching documents first, then lists every other "
+            "match, most recently updated first"
         ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,

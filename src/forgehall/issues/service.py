@@ -26,14 +26,14 @@ from typing import Any
 
 import structlog
 from sqlalchemy import and_, delete, func, or_, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from forgehall.agents import queue as task_queue
 from forgehall.agents.models import Agent
 from forgehall.core.errors import ProblemError
 from forgehall.core.events import DomainEvent, EventBus
-from forgehall.db.search import ranked_issue_ids
+from forgehall.db.dialect import upsert_insert
+from forgehall.db.search import plan_for_the_words, ranked_issue_ids, reach, search_tokens
 from forgehall.identity.models import User
 from forgehall.issues.models import (
     PRIORITIES,
@@ -51,7 +51,7 @@ from forgehall.issues.models import (
     Status,
 )
 from forgehall.workspaces.access import Access, Role
-from forgehall.workspaces.models import Member
+from forgehall.workspaces.models import Member, Workspace
 
 log = structlog.get_logger("forgehall.issues")
 
@@ -82,6 +82,9 @@ class Actor:
 
     @classmethod
     def of(cls, access: Access) -> Actor:
+        token = access.principal.token
+        if access.principal.kind == "tsk" and token is not None and token.agent_id:
+            return cls(agent_id=token.agent_id)  # an agent at work, through its task token
         return cls(user_id=access.principal.user.id)
 
 
@@ -332,9 +335,8 @@ class IssueInput:
 
 
 async def _next_number(session: AsyncSession, workspace_id: str) -> int:
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     upsert = (
-        insert(IssueCounter)
+        upsert_insert(session, IssueCounter.__table__)  # type: ignore[arg-type]
         .values(workspace_id=workspace_id, last_number=1)
         .on_conflict_do_update(
             index_elements=[IssueCounter.workspace_id],
@@ -404,12 +406,10 @@ async def create_issue(
             actor,
             f"{issue_key(access, issue)} was assigned to you",
         )
-    await session.commit()
     outbox.add("issue.created", access.workspace.id, issue_id=issue.id, number=issue.number)
     if assignee_agent and status.category != "backlog":
-        outbox.add(
-            "agent.assigned", access.workspace.id, issue_id=issue.id, agent_id=assignee_agent
-        )
+        await _ask_agent(session, outbox, issue, assignee_agent, actor, "agent.assigned")
+    await session.commit()
     log.info("issue.created", issue_id=issue.id, workspace_id=access.workspace.id)
     return issue
 
@@ -493,12 +493,15 @@ async def update_issue(
             )
             changed.append("labels")
     newly_assigned_agent = None
+    unassigned_agent: str | None = None
     told: set[str] = set()  # notified of this update already (e.g. assigned)
     if patch.assignee is not UNSET:
         user_id, agent_id = await _assignee_in(session, access, patch.assignee)
         before = _assignee_text(issue.assignee_user_id, issue.assignee_agent_id)
         after = _assignee_text(user_id, agent_id)
         if before != after:
+            if issue.assignee_agent_id and issue.assignee_agent_id != agent_id:
+                unassigned_agent = issue.assignee_agent_id
             issue.assignee_user_id, issue.assignee_agent_id = user_id, agent_id
             _record(session, issue, actor, "assignee", before, after)
             changed.append("assignee")
@@ -529,10 +532,9 @@ async def update_issue(
             skip=told,
         )
     await session.flush()
-    wakes: list[str] = []
+    wakes: list[Issue] = []
     if "status_id" in changed and new_status.category == "done":
         wakes = await _release_dependents(session, access, issue, actor, outbox)
-    await session.commit()
     outbox.add(
         "issue.updated",
         access.workspace.id,
@@ -546,9 +548,19 @@ async def update_issue(
         else None
     )
     if agent and new_status.category not in ("backlog", "done", "cancelled"):
-        outbox.add("agent.assigned", access.workspace.id, issue_id=issue.id, agent_id=agent)
-    for issue_id in wakes:
-        outbox.add("issue.unblocked", access.workspace.id, issue_id=issue_id)
+        await _ask_agent(session, outbox, issue, agent, actor, "agent.assigned")
+    if unassigned_agent is not None:
+        stopped = await task_queue.cancel_active(session, issue.id, unassigned_agent)
+        if stopped is not None:
+            outbox.add(
+                "task.cancelled" if stopped.status == "cancelled" else "task.cancel_requested",
+                issue.workspace_id,
+                task_id=stopped.id,
+                issue_id=issue.id,
+                runtime_id=stopped.runtime_id,
+            )
+    await _wake_unblocked(session, outbox, wakes, actor)
+    await session.commit()
     return issue
 
 
@@ -591,13 +603,70 @@ def _record(
     )
 
 
+# --- waking agents --------------------------------------------------------------------------
+
+#: The trigger a task records for each event that asks an agent to act.
+TRIGGERS = {
+    "agent.assigned": "assigned",
+    "agent.commented": "commented",
+    "agent.mentioned": "mentioned",
+    "agent.woken": "unblocked",
+}
+
+
+async def _ask_agent(
+    session: AsyncSession,
+    outbox: Outbox,
+    issue: Issue,
+    agent_id: str,
+    actor: Actor,
+    event: str,
+    **data: Any,
+) -> None:
+    """Queue work for an agent in the caller's transaction (so the change and the task
+    commit together: a crash loses neither alone); the events go out after commit. An
+    agent's own comments and changes never wake itself."""
+    if actor.agent_id == agent_id:
+        return
+    enqueued = await task_queue.enqueue(
+        session,
+        workspace_id=issue.workspace_id,
+        issue_id=issue.id,
+        agent_id=agent_id,
+        trigger=TRIGGERS[event],
+        created_by=actor.user_id,
+    )
+    outbox.add(event, issue.workspace_id, issue_id=issue.id, agent_id=agent_id, **data)
+    if enqueued.outcome == "queued":
+        outbox.add(
+            "task.queued",
+            issue.workspace_id,
+            task_id=enqueued.task.id,
+            issue_id=issue.id,
+            agent_id=agent_id,
+        )
+
+
+async def _wake_unblocked(
+    session: AsyncSession, outbox: Outbox, woken: list[Issue], actor: Actor
+) -> None:
+    for issue in woken:
+        outbox.add("issue.unblocked", issue.workspace_id, issue_id=issue.id)
+        status = await session.get(Status, issue.status_id)
+        if issue.assignee_agent_id and status is not None and status.category != "backlog":
+            await _ask_agent(session, outbox, issue, issue.assignee_agent_id, actor, "agent.woken")
+
+
 # --- followers and notifications -----------------------------------------------------------
 
 
 async def _follow(session: AsyncSession, issue: Issue, user_id: str, reason: str) -> None:
-    if await session.get(Follower, (issue.id, user_id)) is None:
-        session.add(Follower(issue_id=issue.id, user_id=user_id, reason=reason))
-        await session.flush()
+    # INSERT … ON CONFLICT: two first comments of one person at once must not collide.
+    await session.execute(
+        upsert_insert(session, Follower.__table__)  # type: ignore[arg-type]
+        .values(issue_id=issue.id, user_id=user_id, reason=reason)
+        .on_conflict_do_nothing(index_elements=["issue_id", "user_id"])
+    )
 
 
 async def follow(session: AsyncSession, access: Access, key: str, on: bool) -> None:
@@ -779,7 +848,6 @@ async def remove_dependency(
     _record(session, blocked, actor, "blocked_by", issue_key(access, blocker), None)
     await session.flush()
     wakes = await _maybe_unblock(session, access, blocked, actor)
-    await session.commit()
     outbox.add(
         "issue.updated",
         access.workspace.id,
@@ -787,8 +855,8 @@ async def remove_dependency(
         fields=["dependencies"],
         revision=blocked.revision,
     )
-    for issue_id in wakes:
-        outbox.add("issue.unblocked", access.workspace.id, issue_id=issue_id)
+    await _wake_unblocked(session, outbox, wakes, actor)
+    await session.commit()
 
 
 async def _find_path(
@@ -828,7 +896,7 @@ async def _numbers(session: AsyncSession, ids: list[str]) -> list[int]:
 
 async def _release_dependents(
     session: AsyncSession, access: Access, done: Issue, actor: Actor, outbox: Outbox
-) -> list[str]:
+) -> list[Issue]:
     dependents = (
         (
             await session.execute(
@@ -840,7 +908,7 @@ async def _release_dependents(
         .scalars()
         .all()
     )
-    woken: list[str] = []
+    woken: list[Issue] = []
     for dependent in dependents:
         woken += await _maybe_unblock(session, access, dependent, actor)
     return woken
@@ -848,8 +916,8 @@ async def _release_dependents(
 
 async def _maybe_unblock(
     session: AsyncSession, access: Access, issue: Issue, actor: Actor
-) -> list[str]:
-    """Leave the blocked column once no open blocker remains; return woken issue ids."""
+) -> list[Issue]:
+    """Leave the blocked column once no open blocker remains; return it (to be woken)."""
     status = await session.get(Status, issue.status_id)
     if status is None or status.category != "blocked":
         return []
@@ -884,7 +952,7 @@ async def _maybe_unblock(
     await _notify_followers(
         session, access, issue, actor, "status_changed", f"{issue_key(access, issue)} is unblocked"
     )
-    return [issue.id] if issue.assignee_agent_id else []
+    return [issue]
 
 
 async def list_dependencies(
@@ -1012,24 +1080,22 @@ async def add_comment(
     if actor.user_id:
         await _follow(session, issue, actor.user_id, "commenter")
     issue.updated_at = now()
-    await session.commit()
     outbox.add("comment.created", access.workspace.id, issue_id=issue.id, comment_id=comment.id)
     for agent_id in targets.agent_ids:
-        outbox.add(
-            "agent.mentioned",
-            access.workspace.id,
-            issue_id=issue.id,
-            agent_id=agent_id,
-            comment_id=comment.id,
+        await _ask_agent(
+            session, outbox, issue, agent_id, actor, "agent.mentioned", comment_id=comment.id
         )
     if issue.assignee_agent_id and issue.assignee_agent_id not in targets.agent_ids:
-        outbox.add(
+        await _ask_agent(
+            session,
+            outbox,
+            issue,
+            issue.assignee_agent_id,
+            actor,
             "agent.commented",
-            access.workspace.id,
-            issue_id=issue.id,
-            agent_id=issue.assignee_agent_id,
             comment_id=comment.id,
         )
+    await session.commit()
     return comment
 
 
@@ -1113,17 +1179,14 @@ async def edit_comment(
         user_ids=[u for u in targets.user_ids if u not in known],
         agent_ids=[a for a in targets.agent_ids if a not in known_agents],
     )
-    await _store_mentions(session, access, issue, comment, fresh, Actor.of(access))
-    await session.commit()
+    actor = Actor.of(access)
+    await _store_mentions(session, access, issue, comment, fresh, actor)
     outbox.add("comment.updated", access.workspace.id, issue_id=issue.id, comment_id=comment.id)
     for agent_id in fresh.agent_ids:
-        outbox.add(
-            "agent.mentioned",
-            access.workspace.id,
-            issue_id=issue.id,
-            agent_id=agent_id,
-            comment_id=comment.id,
+        await _ask_agent(
+            session, outbox, issue, agent_id, actor, "agent.mentioned", comment_id=comment.id
         )
+    await session.commit()
     return comment
 
 
@@ -1245,47 +1308,55 @@ async def list_issues(
     if f.assignee:
         query = query.where(_assignee_clause(access, f.assignee))
     for label_id in f.label_ids:
-        query = query.where(
-            Issue.id.in_(select(IssueLabel.issue_id).where(IssueLabel.label_id == label_id))
-        )
+        if f.status_ids or f.categories:
+            # The status indexes bound the rows walked (newest first when sorting by
+            # recency); checking each row's label is then cheaper than reading every issue
+            # of the label. Written as EXISTS because SQLite, whose sampled statistics rate
+            # both filters alike, would otherwise start from the label's rows and sort.
+            query = query.where(
+                select(IssueLabel.issue_id)
+                .where(IssueLabel.issue_id == Issue.id, IssueLabel.label_id == label_id)
+                .exists()
+            )
+        else:
+            query = query.where(
+                Issue.id.in_(select(IssueLabel.issue_id).where(IssueLabel.label_id == label_id))
+            )
     if f.priorities:
         query = query.where(Issue.priority.in_(f.priorities))
     if f.parent:
         parent = await get_issue_or_404(session, access, f.parent)
         query = query.where(Issue.parent_id == parent.id)
-    ranked = None
-    if f.text:
-        ranked = ranked_issue_ids(session.get_bind().dialect.name, access.workspace.id, f.text)
-        if ranked is None:
-            return [], None  # nothing searchable in the text: nothing matches
-        query = query.join(ranked, ranked.c.issue_id == Issue.id)
-    sort = f.sort or ("relevance" if ranked is not None else "position")
+    searching = bool(f.text)
+    if f.text and not search_tokens(f.text):
+        return [], None  # nothing searchable in the text: nothing matches
+    sort = f.sort or ("relevance" if searching else "position")
     name = sort.lstrip("-")
     if name == "relevance":
-        if ranked is None:
+        if not searching:
             raise ProblemError(422, "sort=relevance needs a search text (q)", type_="invalid-sort")
-        column: Any = ranked.c.rank
-        descending = not sort.startswith("-")  # best matches first unless asked otherwise
-    elif name in SORTS:
-        column = SORTS[name]
-        descending = sort.startswith("-")
-    else:
+        assert f.text is not None
+        await plan_for_the_words(session)
+        # best matches first unless asked otherwise
+        return await _relevance_page(session, access, query, f, f.text, not sort.startswith("-"))
+    if name not in SORTS:
         raise ProblemError(
             422,
             f"unknown sort {sort!r}; use one of {', '.join([*SORTS, 'relevance'])} "
             "(prefix - for descending)",
             type_="invalid-sort",
         )
+    column: Any = SORTS[name]
+    descending = sort.startswith("-")
+    if f.text:
+        # Any other order: the search is a filter, over every match (no window).
+        await plan_for_the_words(session)
+        matching = await reach(session, access.workspace.id, f.text)
+        assert matching is not None
+        query = query.where(matching.matches())
     if f.cursor:
         value, last_id = _decode_cursor(f.cursor)
-        typed = _cursor_value(name, value)
-        if typed is None:  # inside the trailing run of empty values (due dates)
-            query = query.where(column.is_(None), Issue.id > last_id)
-        else:
-            beyond = column < typed if descending else column > typed
-            query = query.where(
-                or_(beyond, and_(column == typed, Issue.id > last_id), column.is_(None))
-            )
+        query = query.where(_after(column, _cursor_value(name, value), last_id, descending))
     # Empty values (only due dates can be empty) come last, in either direction. The extra
     # sort key is added only there: it would stop the other sorts from using their index.
     direction = column.desc() if descending else column.asc()
@@ -1296,6 +1367,77 @@ async def list_issues(
     if len(rows) > f.limit:
         rows = rows[: f.limit]
         next_cursor = _encode_cursor(rows[-1][1], rows[-1][0].id)
+    return [row[0] for row in rows], next_cursor
+
+
+def _after(column: Any, typed: Any, last_id: str, descending: bool) -> Any:
+    """The rows after a cursor at ``(typed, last_id)`` in ``(column, id)`` order."""
+    if typed is None:  # inside the trailing run of empty values (due dates)
+        return and_(column.is_(None), Issue.id > last_id)
+    beyond = column < typed if descending else column > typed
+    return or_(beyond, and_(column == typed, Issue.id > last_id), column.is_(None))
+
+
+# Relevance cursors: a rank inside the ranking window, or this prefix and the update time
+# for the matches beyond it.
+_BEYOND = "u:"
+
+
+async def _relevance_page(
+    session: AsyncSession,
+    access: Access,
+    query: Any,
+    f: IssueFilter,
+    words: str,
+    descending: bool,
+) -> tuple[list[Issue], str | None]:
+    """A page sorted by relevance, in two parts (see db/search.py): the issues of the
+    ranking window by rank, then every other match by update time (newest first); in
+    reverse for ``-relevance``. The second part is read only once the first is used up,
+    and not at all when every match is inside the window."""
+    workspace_id = access.workspace.id
+    window = ranked_issue_ids(session.get_bind().dialect.name, workspace_id, words)
+    assert window is not None
+    parts = ["window", "beyond"] if descending else ["beyond", "window"]
+    cursor: tuple[str, Any, str] | None = None
+    if f.cursor:
+        value, last_id = _decode_cursor(f.cursor)
+        if value is not None and value.startswith(_BEYOND):
+            cursor = ("beyond", _cursor_value("updated", value[len(_BEYOND) :]), last_id)
+        else:
+            cursor = ("window", _cursor_value("relevance", value), last_id)
+        if cursor[1] is None:
+            raise ProblemError(
+                422, "the cursor is malformed; start again without it", type_="invalid-cursor"
+            )
+        parts = parts[parts.index(cursor[0]) :]
+    rows: list[tuple[Issue, str, Any]] = []
+    for part in parts:
+        wanted = f.limit + 1 - len(rows)
+        if wanted <= 0:
+            break
+        if part == "window":
+            column: Any = window.c.rank
+            part_query = query.join(window, window.c.issue_id == Issue.id)
+        else:
+            matching = await reach(session, workspace_id, words)
+            assert matching is not None
+            if matching.in_window:
+                continue  # the window held every match
+            column = Issue.updated_at
+            part_query = query.where(matching.matches(), Issue.id.not_in(select(window.c.issue_id)))
+        if cursor is not None and cursor[0] == part:
+            part_query = part_query.where(_after(column, cursor[1], cursor[2], descending))
+        direction = column.desc() if descending else column.asc()
+        ordered = part_query.add_columns(column.label("sort_value")).order_by(direction, Issue.id)
+        found = (await session.execute(ordered.limit(wanted))).all()
+        rows += [(row[0], part, row[1]) for row in found]
+    next_cursor = None
+    if len(rows) > f.limit:
+        rows = rows[: f.limit]
+        issue, part, value = rows[-1]
+        text_value = _text(value) if part == "window" else _BEYOND + str(_text(value))
+        next_cursor = _encode_cursor(text_value, issue.id)
     return [row[0] for row in rows], next_cursor
 
 
@@ -1317,6 +1459,7 @@ def _assignee_clause(access: Access, value: str) -> Any:
 
 
 def _encode_cursor(value: Any, issue_id: str) -> str:
+    """``value`` is the sort value of the page's last row (or its text)."""
     raw = json.dumps([_text(value), issue_id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -1355,3 +1498,132 @@ async def issue_numbers(session: AsyncSession, issue_ids: list[str]) -> dict[str
         return {}
     rows = await session.execute(select(Issue.id, Issue.number).where(Issue.id.in_(issue_ids)))
     return {issue_id: number for issue_id, number in rows.all()}
+
+
+# --- for the task queue ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommentBrief:
+    author: str  # "member:<name or email>" or "agent:<name>"
+    body: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class IssueBrief:
+    """What an agent is told about the issue it works on."""
+
+    id: str
+    key: str
+    title: str
+    description: str
+    status: str
+    status_category: str
+    priority: str
+    labels: list[str]
+    comments: list[CommentBrief]
+
+
+#: The newest comments an agent is given with its task (the rest stay on the issue).
+AGENT_COMMENTS = 200
+
+
+async def brief_for_agent(session: AsyncSession, workspace: Workspace, issue_id: str) -> IssueBrief:
+    issue = await session.get(Issue, issue_id)
+    assert issue is not None
+    assert issue.workspace_id == workspace.id
+    status = await session.get(Status, issue.status_id)
+    assert status is not None
+    labels = (
+        await session.execute(
+            select(Label.name)
+            .join(IssueLabel, IssueLabel.label_id == Label.id)
+            .where(IssueLabel.issue_id == issue.id)
+            .order_by(Label.name)
+        )
+    ).scalars()
+    rows = await session.execute(
+        select(Comment, User, Agent)
+        .outerjoin(User, User.id == Comment.author_user_id)
+        .outerjoin(Agent, Agent.id == Comment.author_agent_id)
+        .where(Comment.issue_id == issue.id, Comment.deleted_at.is_(None))
+        .order_by(Comment.created_at.desc(), Comment.id.desc())
+        .limit(AGENT_COMMENTS)
+    )
+    comments = [
+        *reversed(
+            [
+                CommentBrief(
+                    author=f"agent:{agent.name}"
+                    if agent is not None
+                    else f"member:{(user.name or user.email) if user is not None else 'unknown'}",
+                    body=comment.body,
+                    created_at=comment.created_at,
+                )
+                for comment, user, agent in rows.all()
+            ]
+        )
+    ]
+    return IssueBrief(
+        id=issue.id,
+        key=f"{workspace.key_prefix}-{issue.number}",
+        title=issue.title,
+        description=issue.description,
+        status=status.name,
+        status_category=status.category,
+        priority=issue.priority,
+        labels=list(labels),
+        comments=comments,
+    )
+
+
+async def task_failed(
+    session: AsyncSession,
+    *,
+    workspace: Workspace,
+    issue_id: str,
+    agent_id: str,
+    failure: str,
+    outbox: Outbox,
+) -> None:
+    """An agent's task failed for good (in the caller's transaction): the failure is
+    commented on the issue by the agent, followers get a "task failed" notification, and
+    an issue the agent had moved along goes back to a todo-category status so a person
+    picks it up."""
+    issue = await session.get(Issue, issue_id)
+    if issue is None:
+        return
+    actor = Actor(agent_id=agent_id)
+    key = f"{workspace.key_prefix}-{issue.number}"
+    comment = Comment(
+        workspace_id=workspace.id,
+        issue_id=issue.id,
+        author_agent_id=agent_id,
+        body=f"**The task failed** and will not be retried.\n\n{failure}",
+        created_at=(written := now()),
+        updated_at=written,
+    )
+    session.add(comment)
+    await session.flush()
+    status = await session.get(Status, issue.status_id)
+    changed = ["comments"]
+    if status is not None and status.category in ("in_progress", "in_review", "blocked"):
+        target = await _status_by_category(session, workspace.id, "todo")
+        if target is not None:
+            _record(session, issue, actor, "status_id", issue.status_id, target.id)
+            issue.status_id = target.id
+            issue.revision += 1
+            changed.append("status_id")
+    issue.updated_at = now()
+    followers = (
+        await session.execute(select(Follower.user_id).where(Follower.issue_id == issue.id))
+    ).scalars()
+    for user_id in followers:
+        await _notify(
+            session, issue, user_id, "task_failed", actor, f"A task on {key} failed", comment.id
+        )
+    outbox.add("comment.created", workspace.id, issue_id=issue.id, comment_id=comment.id)
+    outbox.add(
+        "issue.updated", workspace.id, issue_id=issue.id, fields=changed, revision=issue.revision
+    )

@@ -113,3 +113,27 @@ async def require_user_member(access: MemberAccess) -> Access:
 
 
 UserMemberAccess = Annotated[Access, Depends(require_user_member)]
+
+
+async def resolve_daemon_access(principal: CurrentPrincipal, session: SessionDep) -> Access:
+    """The access check of the daemon protocol: a daemon token, acting in the workspace
+    it was minted for (while its minter is still a member there)."""
+    if principal.kind != "dmn":
+        raise ProblemError(
+            403,
+            "the daemon protocol needs a daemon token (fh_dmn_…); create one with "
+            "`forgehall daemon token create`",
+            type_="wrong-token-kind",
+        )
+    workspace = await session.get(Workspace, principal.workspace_id or "")
+    minter = await session.get(Member, (workspace.id, principal.user.id)) if workspace else None
+    if workspace is None or minter is None:
+        raise ProblemError(
+            403,
+            "this daemon token's workspace is gone or its creator left it; mint a new token",
+            type_="daemon-token-orphaned",
+        )
+    return Access(workspace=workspace, principal=principal, role=Role.MEMBER, member_role=None)
+
+
+DaemonAccess = Annotated[Access, Depends(resolve_daemon_access)]

@@ -58,3 +58,19 @@ class Invitation(Base):
     accepted_at: Mapped[datetime | None] = mapped_column(default=None)
     declined_at: Mapped[datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Repository(Base):
+    """A git repository of the workspace that agent tasks check out."""
+
+    __tablename__ = "workspace_repositories"
+    __table_args__ = (UniqueConstraint("workspace_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    workspace_id: Mapped[str] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(100))
+    url: Mapped[str] = mapped_column(String(1000))
+    default_branch: Mapped[str] = mapped_column(String(200), default="main")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

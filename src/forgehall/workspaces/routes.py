@@ -26,6 +26,8 @@ from forgehall.workspaces.schemas import (
     InvitationOut,
     InvitationPreview,
     MemberOut,
+    RepositoryIn,
+    RepositoryOut,
     RoleIn,
     WorkspaceIn,
     WorkspaceOut,
@@ -214,6 +216,29 @@ async def create_daemon_token(
 
 
 @router.get(
+    WS + "/daemon-tokens",
+    response_model=list[TokenOut],
+    summary="The workspace's daemon tokens, whoever minted them (admin)",
+)
+async def read_daemon_tokens(access: AdminAccess, session: SessionDep) -> list[TokenOut]:
+    return [
+        TokenOut.model_validate(t)
+        for t in await identity.list_workspace_tokens(session, access.workspace.id, "dmn")
+    ]
+
+
+@router.delete(
+    WS + "/daemon-tokens/{token_id}",
+    status_code=204,
+    summary="Revoke a daemon token (admin): its daemon is refused from now on",
+    responses={404: {"description": "Unknown or already revoked token"}},
+)
+async def revoke_daemon_token(token_id: str, access: AdminAccess, session: SessionDep) -> Response:
+    await identity.revoke_workspace_token(session, access.workspace.id, "dmn", token_id)
+    return Response(status_code=204)
+
+
+@router.get(
     "/invitations/{token}",
     response_model=InvitationPreview,
     summary="What an invitation link offers (invited address only)",
@@ -241,4 +266,44 @@ async def accept_invitation(token: str, user: CurrentUser, session: SessionDep) 
 @router.post("/invitations/{token}/decline", status_code=204, summary="Decline an invitation")
 async def decline_invitation(token: str, user: CurrentUser, session: SessionDep) -> Response:
     await service.decline_invitation(session, user, token)
+    return Response(status_code=204)
+
+
+@router.get(
+    WS + "/repositories",
+    response_model=list[RepositoryOut],
+    summary="Git repositories agent tasks check out",
+)
+async def read_repositories(access: MemberAccess, session: SessionDep) -> list[RepositoryOut]:
+    return [
+        RepositoryOut.model_validate(r) for r in await service.list_repositories(session, access)
+    ]
+
+
+@router.post(
+    WS + "/repositories",
+    response_model=RepositoryOut,
+    status_code=201,
+    summary="Add a repository (admin)",
+    responses={409: {"description": "The name is taken"}, 422: {"description": "Not a git URL"}},
+)
+async def add_repository(
+    body: RepositoryIn, access: AdminAccess, session: SessionDep
+) -> RepositoryOut:
+    repository = await service.add_repository(
+        session, access, name=body.name, url=body.url, default_branch=body.default_branch
+    )
+    return RepositoryOut.model_validate(repository)
+
+
+@router.delete(
+    WS + "/repositories/{repository_id}",
+    status_code=204,
+    summary="Remove a repository (admin)",
+    responses={404: {"description": "Unknown repository"}},
+)
+async def remove_repository(
+    repository_id: str, access: AdminAccess, session: SessionDep
+) -> Response:
+    await service.remove_repository(session, access, repository_id)
     return Response(status_code=204)

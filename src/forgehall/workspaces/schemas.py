@@ -71,3 +71,26 @@ class DaemonTokenIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=200, examples=["build-box-1"])
     expires_in_days: int | None = Field(None, ge=1, le=3650)
+
+
+class RepositoryIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(
+        min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", examples=["api"]
+    )
+    url: str = Field(
+        min_length=1,
+        max_length=1000,
+        description="What `git clone` takes: https://, ssh://, git@host:path or a local path.",
+        examples=["https://git.example.com/acme/api.git"],
+    )
+    default_branch: str = Field("main", min_length=1, max_length=200)
+
+
+class RepositoryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    name: str
+    url: str
+    default_branch: str
+    created_at: datetime

@@ -27,7 +27,7 @@ from forgehall.identity.service import enforce_rate_limit, normalize_email, read
 from forgehall.issues.service import create_default_statuses
 from forgehall.settings import Settings
 from forgehall.workspaces.access import Access, Role
-from forgehall.workspaces.models import Invitation, Member, Workspace
+from forgehall.workspaces.models import Invitation, Member, Repository, Workspace
 
 log = structlog.get_logger("forgehall.workspaces")
 
@@ -418,4 +418,55 @@ async def decline_invitation(session: AsyncSession, user: User, token: str) -> N
             409, f"the invitation is {state}", type_="invitation-closed", state=state
         )
     invitation.declined_at = now()
+    await session.commit()
+
+
+# --- repositories ---------------------------------------------------------------------------
+
+_REPO_URL = re.compile(r"^(https?://|ssh://|git://|file://|/|[\w.-]+@[\w.-]+:)\S+$")
+
+
+async def list_repositories(session: AsyncSession, access: Access) -> list[Repository]:
+    result = await session.execute(
+        select(Repository)
+        .where(Repository.workspace_id == access.workspace.id)
+        .order_by(Repository.name)
+    )
+    return list(result.scalars())
+
+
+async def add_repository(
+    session: AsyncSession, access: Access, *, name: str, url: str, default_branch: str
+) -> Repository:
+    access.require(Role.ADMIN)
+    if not _REPO_URL.match(url.strip()):
+        raise ProblemError(
+            422,
+            f"{url!r} is not a git URL: use https://…, ssh://…, git@host:path or an absolute path",
+            type_="invalid-repository",
+            field="url",
+        )
+    repository = Repository(
+        workspace_id=access.workspace.id,
+        name=name,
+        url=url.strip(),
+        default_branch=default_branch.strip(),
+    )
+    session.add(repository)
+    try:
+        await session.commit()
+    except IntegrityError:
+        await session.rollback()
+        raise ProblemError(
+            409, f"a repository named {name!r} already exists", type_="repository-name-taken"
+        ) from None
+    return repository
+
+
+async def remove_repository(session: AsyncSession, access: Access, repository_id: str) -> None:
+    access.require(Role.ADMIN)
+    repository = await session.get(Repository, repository_id)
+    if repository is None or repository.workspace_id != access.workspace.id:
+        raise ProblemError(404, f"repository {repository_id} was not found")
+    await session.delete(repository)
     await session.commit()

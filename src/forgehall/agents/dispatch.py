@@ -1,0 +1,772 @@
+"""Task lifecycle service: the daemon protocol's rules, and tasks as members see them.
+
+``agents.queue`` holds the queue's invariants and never commits; this module composes
+it into transactions with everything that must change together:
+
+- a claim leases tasks, mints each one's task token (``fh_tsk_…``) and assembles what the
+  daemon needs (agent profile with decrypted env, the issue with its comments, the
+  workspace repositories, the prior CLI session) — one commit;
+- every report checks the lease token (409 when stale) and renews the lease;
+- a task that stops running has its task token revoked in the same commit; one that
+  fails for good (no retry pending) also comments the failure on its issue, notifies the
+  followers and moves the issue back to a todo-category status (``issues.service``);
+- events (``task.*``) are published after commit; ``task.queued`` and
+  ``task.cancel_requested`` wake long-polling claims on every replica through the bus.
+
+Long-poll claims hold no database connection while they wait: each attempt is a short
+transaction, and between attempts the waiter sleeps on its event-bus subscription (woken
+across replicas by ``LISTEN/NOTIFY``) with a poll fallback for tasks whose backoff ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar
+
+import structlog
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from forgehall.agents import queue
+from forgehall.agents.models import Agent, Runtime, Task, TaskMessage, TaskUsage
+from forgehall.agents.schemas import (
+    MESSAGE_BATCH_MAX,
+    MESSAGE_CONTENT_MAX,
+    ClaimedAgent,
+    ClaimedComment,
+    ClaimedIssue,
+    ClaimedRepository,
+    ClaimedTask,
+    CustomCommand,
+    MessageIn,
+    UsageIn,
+)
+from forgehall.agents.service import (
+    RUNTIME_OFFLINE_AFTER,
+    agent_env,
+    get_agent_or_404,
+    runtime_providers,
+)
+from forgehall.core.errors import ProblemError
+from forgehall.core.events import EventBus
+from forgehall.core.services import BackgroundService
+from forgehall.db.dialect import upsert_insert
+from forgehall.db.engine import Database
+from forgehall.identity.service import mint_task_token, revoke_task_tokens
+from forgehall.issues import service as issues
+from forgehall.issues.service import Outbox
+from forgehall.settings import Settings
+from forgehall.workspaces.access import Access
+from forgehall.workspaces.models import Repository, Workspace
+
+log = structlog.get_logger("forgehall.dispatch")
+
+HEARTBEAT_SECONDS = 15.0
+STARTUP_GRACE_SECONDS = queue.LEASE.total_seconds() + HEARTBEAT_SECONDS
+POLL_SECONDS = 2.0  # a waiting claim re-checks this often even without a wake-up
+BUSY = ("dispatched", "running")
+
+
+def _now() -> datetime:
+    return queue.now()
+
+
+# --- runtimes -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Registration:
+    daemon_id: str
+    machine: str
+    providers: dict[str, str]
+    capacity: int
+
+
+async def register_runtime(session: AsyncSession, access: Access, data: Registration) -> Runtime:
+    """Add the daemon's runtime to the token's workspace, or update it (same daemon id)."""
+    runtime = await session.scalar(
+        select(Runtime).where(
+            Runtime.workspace_id == access.workspace.id, Runtime.daemon_id == data.daemon_id
+        )
+    )
+    if runtime is None:
+        runtime = Runtime(workspace_id=access.workspace.id, daemon_id=data.daemon_id)
+        session.add(runtime)
+    runtime.machine = data.machine
+    runtime.providers = json.dumps(data.providers, sort_keys=True)
+    runtime.capacity = data.capacity
+    runtime.token_id = access.principal.token.id if access.principal.token else None
+    runtime.last_heartbeat_at = _now()
+    await session.commit()
+    log.info(
+        "runtime.registered",
+        runtime_id=runtime.id,
+        workspace_id=access.workspace.id,
+        providers=sorted(data.providers),
+    )
+    return runtime
+
+
+async def runtime_of(session: AsyncSession, access: Access, runtime_id: str) -> Runtime:
+    runtime = await session.get(Runtime, runtime_id)
+    if runtime is None:
+        raise ProblemError(404, f"runtime {runtime_id} was not found; register first")
+    if runtime.workspace_id != access.workspace.id:
+        raise ProblemError(
+            403,
+            "this daemon token belongs to another workspace than the runtime",
+            type_="wrong-workspace",
+        )
+    return runtime
+
+
+async def heartbeat(
+    session: AsyncSession, access: Access, runtime_id: str, held: list[str] | None = None
+) -> list[str]:
+    runtime = await runtime_of(session, access, runtime_id)
+    cancel = await queue.heartbeat(session, runtime, held)
+    await session.commit()
+    return cancel
+
+
+# --- claims ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    tasks: list[ClaimedTask]
+    cancel: list[str]
+
+
+async def claim_once(
+    session: AsyncSession, access: Access, runtime_id: str, limit: int, outbox: Outbox
+) -> ClaimResult:
+    """One claim attempt in one transaction (commits)."""
+    runtime = await runtime_of(session, access, runtime_id)
+    runtime.last_heartbeat_at = _now()  # a claiming daemon is alive
+    held = int(
+        await session.scalar(
+            select(func.count())
+            .select_from(Task)
+            .where(Task.runtime_id == runtime.id, Task.status.in_(BUSY))
+        )
+        or 0
+    )
+    free = max(min(limit, runtime.capacity - held), 0)
+    claimed = await queue.claim(session, runtime, list(runtime_providers(runtime)), free)
+    tasks = [await _claimed(session, access, task) for task in claimed]
+    cancel = await _undelivered_cancellations(session, runtime)
+    await session.commit()
+    for task in claimed:
+        outbox.add(
+            "task.claimed",
+            task.workspace_id,
+            task_id=task.id,
+            issue_id=task.issue_id,
+            agent_id=task.agent_id,
+            runtime_id=runtime.id,
+            attempt=task.attempt,
+        )
+    return ClaimResult(tasks=tasks, cancel=cancel)
+
+
+async def _undelivered_cancellations(session: AsyncSession, runtime: Runtime) -> list[str]:
+    ids = list(
+        (
+            await session.execute(
+                select(Task.id).where(
+                    Task.runtime_id == runtime.id,
+                    Task.status.in_(BUSY),
+                    Task.cancel_requested_at.is_not(None),
+                    Task.cancel_delivered_at.is_(None),
+                )
+            )
+        ).scalars()
+    )
+    if ids:
+        await session.execute(
+            update(Task).where(Task.id.in_(ids)).values(cancel_delivered_at=_now())
+        )
+    return ids
+
+
+async def _claimed(session: AsyncSession, access: Access, task: Task) -> ClaimedTask:
+    agent = await session.get(Agent, task.agent_id)
+    workspace = await session.get(Workspace, task.workspace_id)
+    assert agent is not None
+    assert workspace is not None
+    brief = await issues.brief_for_agent(session, workspace, task.issue_id)
+    repositories = (
+        await session.execute(
+            select(Repository)
+            .where(Repository.workspace_id == task.workspace_id)
+            .order_by(Repository.name)
+        )
+    ).scalars()
+    prior = await session.scalar(
+        select(Task.session_id)
+        .where(
+            Task.issue_id == task.issue_id,
+            Task.agent_id == task.agent_id,
+            Task.id != task.id,
+            Task.session_id.is_not(None),
+        )
+        .order_by(Task.finished_at.desc().nulls_last(), Task.created_at.desc())
+        .limit(1)
+    )
+    token = mint_task_token(
+        session,
+        access.principal.user,
+        workspace_id=task.workspace_id,
+        task_id=task.id,
+        agent_id=agent.id,
+    )
+    command = json.loads(agent.custom_command) if agent.custom_command else None
+    assert task.lease_token is not None
+    assert task.lease_expires_at is not None
+    return ClaimedTask(
+        id=task.id,
+        workspace_id=task.workspace_id,
+        attempt=task.attempt,
+        trigger=task.trigger,
+        lease_token=task.lease_token,
+        lease_expires_at=task.lease_expires_at,
+        task_token=token,
+        prior_session_id=task.session_id or prior,
+        agent=ClaimedAgent(
+            id=agent.id,
+            name=agent.name,
+            provider=agent.provider,
+            model=agent.model,
+            instructions=agent.instructions,
+            custom_command=CustomCommand.model_validate(command) if command else None,
+            extra_args=list(json.loads(agent.extra_args or "[]")),
+            env=agent_env(agent),
+        ),
+        issue=ClaimedIssue(
+            id=brief.id,
+            key=brief.key,
+            title=brief.title,
+            description=brief.description,
+            status=brief.status,
+            status_category=brief.status_category,
+            priority=brief.priority,
+            labels=brief.labels,
+            comments=[
+                ClaimedComment(author=c.author, body=c.body, created_at=c.created_at)
+                for c in brief.comments
+            ],
+        ),
+        repositories=[
+            ClaimedRepository(name=r.name, url=r.url, default_branch=r.default_branch)
+            for r in repositories
+        ],
+    )
+
+
+WAKE_EVENTS = frozenset({"task.queued", "task.cancel_requested", "task.released"})
+
+
+async def claim_waiting(
+    db: Database,
+    bus: EventBus | None,
+    access: Access,
+    runtime_id: str,
+    limit: int,
+    wait: float,
+    outbox: Outbox,
+    gone: Callable[[], Awaitable[bool]] | None = None,
+) -> ClaimResult:
+    """Claim now; with nothing to hand out, wait up to ``wait`` seconds for work.
+
+    ``gone`` tells whether the daemon hung up: a long poll whose daemon died (a SIGKILLed
+    process, a dropped connection) must not claim work woken for it, or that work would
+    sit dispatched to nobody until its lease ran out.
+
+    Subscribes before the first attempt, so a task queued between an empty attempt and
+    the wait still wakes it. Every attempt is its own short transaction. The events of
+    the claim (``task.claimed``) are left in ``outbox`` for the caller to publish — the
+    route does so after the answer has gone out, so the daemon does not wait for them.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    subscription = bus.subscribe(access.workspace.id) if bus is not None and wait > 0 else None
+    try:
+        while True:
+            if gone is not None and await gone():
+                return ClaimResult(tasks=[], cancel=[])
+            async with db.session() as session:
+                result = await claim_once(session, access, runtime_id, limit, outbox)
+            remaining = deadline - loop.time()
+            if result.tasks or result.cancel or remaining <= 0:
+                return result
+            if subscription is None:
+                await asyncio.sleep(min(POLL_SECONDS, remaining))
+                continue
+            if subscription.overflowed.is_set():  # dropped as a slow reader: re-join
+                subscription.close()
+                assert bus is not None
+                subscription = bus.subscribe(access.workspace.id)
+            await _wait_for_work(subscription.queue, runtime_id, min(POLL_SECONDS, remaining))
+    finally:
+        if subscription is not None:
+            subscription.close()
+
+
+async def _wait_for_work(events: asyncio.Queue[Any], runtime_id: str, timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    until = loop.time() + timeout
+    while (left := until - loop.time()) > 0:
+        try:
+            event = await asyncio.wait_for(events.get(), left)
+        except TimeoutError:
+            return
+        if event.kind in WAKE_EVENTS and event.data.get("runtime_id") in (None, runtime_id):
+            return
+
+
+# --- reports --------------------------------------------------------------------------------
+
+
+async def _task_in(session: AsyncSession, access: Access, task_id: str) -> None:
+    workspace_id = await session.scalar(select(Task.workspace_id).where(Task.id == task_id))
+    if workspace_id is None or workspace_id != access.workspace.id:
+        raise ProblemError(404, f"task {task_id} was not found")
+
+
+async def start(
+    session: AsyncSession,
+    access: Access,
+    task_id: str,
+    lease_token: str,
+    session_id: str | None,
+    outbox: Outbox,
+) -> Task:
+    await _task_in(session, access, task_id)
+    task = await queue.start(session, task_id, lease_token, session_id)
+    await session.commit()
+    outbox.add("task.started", task.workspace_id, task_id=task.id, issue_id=task.issue_id)
+    return task
+
+
+async def add_messages(
+    session: AsyncSession,
+    access: Access,
+    task_id: str,
+    lease_token: str,
+    messages: Sequence[MessageIn],
+    outbox: Outbox,
+) -> tuple[int, int]:
+    """Store a batch of transcript entries; returns (stored, duplicates ignored)."""
+    if len(messages) > MESSAGE_BATCH_MAX:
+        raise ProblemError(
+            413,
+            f"a batch holds at most {MESSAGE_BATCH_MAX} messages; this one has "
+            f"{len(messages)}: send it in parts",
+            type_="batch-too-large",
+        )
+    for message in messages:
+        if len(message.content.encode()) > MESSAGE_CONTENT_MAX:
+            raise ProblemError(
+                413,
+                f"message {message.seq} is larger than {MESSAGE_CONTENT_MAX} bytes; truncate it",
+                type_="message-too-large",
+            )
+    seqs = [m.seq for m in messages]
+    if len(set(seqs)) != len(seqs):
+        raise ProblemError(
+            422, "a sequence number appears twice in this batch", type_="duplicate-seq"
+        )
+    await _task_in(session, access, task_id)
+    task = await queue.report(session, task_id, lease_token)
+    if not messages:
+        await session.commit()
+        return 0, 0
+    statement = (
+        upsert_insert(session, TaskMessage.__table__)  # type: ignore[arg-type]
+        .values(
+            [
+                {
+                    "task_id": task.id,
+                    "workspace_id": task.workspace_id,
+                    "attempt": task.attempt,
+                    "seq": m.seq,
+                    "kind": m.kind,
+                    "content": m.content,
+                    "created_at": _now(),
+                }
+                for m in sorted(messages, key=lambda m: m.seq)
+            ]
+        )
+        .on_conflict_do_nothing(index_elements=["task_id", "attempt", "seq"])
+        .returning(TaskMessage.seq)
+    )
+    stored = sorted((await session.execute(statement)).scalars())
+    await session.commit()
+    if stored:
+        outbox.add(
+            "task.message",
+            task.workspace_id,
+            task_id=task.id,
+            attempt=task.attempt,
+            first_seq=stored[0],
+            last_seq=stored[-1],
+            count=len(stored),
+        )
+    return len(stored), len(messages) - len(stored)
+
+
+def price(settings: Settings, usage: UsageIn) -> tuple[float, str]:
+    """The cost of a usage entry and where it came from."""
+    if usage.cost_usd is not None:
+        return usage.cost_usd, "provider"
+    figures = settings.model_prices.get(usage.model)
+    if figures is None:
+        return 0.0, "unpriced"
+    counts = (
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_read_tokens,
+        usage.cache_write_tokens,
+    )
+    return sum(c * p for c, p in zip(counts, figures, strict=True)) / 1_000_000, "prices"
+
+
+async def report_usage(
+    session: AsyncSession,
+    access: Access,
+    settings: Settings,
+    task_id: str,
+    lease_token: str,
+    usage: Sequence[UsageIn],
+    outbox: Outbox,
+) -> None:
+    await _task_in(session, access, task_id)
+    task = await queue.report(session, task_id, lease_token)
+    named = {entry.model for entry in usage}
+    for stale in (
+        await session.execute(select(TaskUsage).where(TaskUsage.task_id == task.id))
+    ).scalars():
+        if stale.model not in named:  # the report is the whole picture: drop the rest
+            await session.delete(stale)
+    for entry in usage:
+        cost, source = price(settings, entry)
+        row = await session.get(TaskUsage, (task.id, entry.model))
+        if row is None:
+            row = TaskUsage(task_id=task.id, model=entry.model, workspace_id=task.workspace_id)
+            session.add(row)
+        row.input_tokens = entry.input_tokens
+        row.output_tokens = entry.output_tokens
+        row.cache_read_tokens = entry.cache_read_tokens
+        row.cache_write_tokens = entry.cache_write_tokens
+        row.cost_usd, row.cost_source = cost, source
+        row.updated_at = _now()
+    await session.commit()
+    outbox.add("task.usage", task.workspace_id, task_id=task.id)
+
+
+async def renew(session: AsyncSession, access: Access, task_id: str, lease_token: str) -> Task:
+    await _task_in(session, access, task_id)
+    task = await queue.report(session, task_id, lease_token)
+    await session.commit()
+    return task
+
+
+async def report_progress(
+    session: AsyncSession,
+    access: Access,
+    task_id: str,
+    lease_token: str,
+    summary: str,
+    outbox: Outbox,
+) -> Task:
+    await _task_in(session, access, task_id)
+    task = await queue.report(session, task_id, lease_token)
+    task.progress = summary[:500]
+    await session.commit()
+    outbox.add("task.progress", task.workspace_id, task_id=task.id, summary=task.progress[:200])
+    return task
+
+
+async def complete(
+    session: AsyncSession,
+    access: Access,
+    task_id: str,
+    lease_token: str,
+    *,
+    summary: str,
+    session_id: str | None,
+    outbox: Outbox,
+) -> queue.Completed:
+    await _task_in(session, access, task_id)
+    done = await queue.complete(
+        session, task_id, lease_token, result=summary, session_id=session_id
+    )
+    await revoke_task_tokens(session, [done.task.id])
+    await session.commit()
+    outbox.add(
+        "task.completed", done.task.workspace_id, task_id=done.task.id, issue_id=done.task.issue_id
+    )
+    if done.follow_up is not None:
+        outbox.add(
+            "task.queued",
+            done.follow_up.workspace_id,
+            task_id=done.follow_up.id,
+            issue_id=done.follow_up.issue_id,
+            agent_id=done.follow_up.agent_id,
+        )
+    return done
+
+
+async def fail(
+    session: AsyncSession,
+    access: Access,
+    task_id: str,
+    lease_token: str,
+    *,
+    failure_class: str,
+    detail: str,
+    outbox: Outbox,
+) -> Task:
+    await _task_in(session, access, task_id)
+    task = await queue.fail(
+        session, task_id, lease_token, failure_class=failure_class, detail=detail
+    )
+    await _stopped(session, [task], outbox)
+    await session.commit()
+    return task
+
+
+async def report_orphans(
+    session: AsyncSession, access: Access, runtime_id: str, task_ids: list[str], outbox: Outbox
+) -> list[Task]:
+    runtime = await runtime_of(session, access, runtime_id)
+    runtime.last_heartbeat_at = _now()
+    tasks = await queue.report_orphans(session, runtime, task_ids)
+    await _stopped(session, tasks, outbox)
+    await session.commit()
+    return tasks
+
+
+async def _stopped(session: AsyncSession, tasks: Sequence[Task], outbox: Outbox) -> None:
+    """Tasks that left their runtime (retry or end): revoke their task tokens; for each that
+    failed for good, tell the issue. In the caller's transaction."""
+    await revoke_task_tokens(session, [t.id for t in tasks])
+    workspaces: dict[str, Workspace | None] = {}
+    for task in tasks:
+        data = {"task_id": task.id, "issue_id": task.issue_id, "agent_id": task.agent_id}
+        if task.status == "queued":
+            outbox.add("task.released", task.workspace_id, attempt=task.attempt, **data)
+            continue
+        outbox.add(
+            f"task.{task.status}", task.workspace_id, failure_class=task.failure_class, **data
+        )
+        if task.status != "failed":
+            continue
+        if task.workspace_id not in workspaces:
+            workspaces[task.workspace_id] = await session.get(Workspace, task.workspace_id)
+        workspace = workspaces[task.workspace_id]
+        if workspace is not None:
+            await issues.task_failed(
+                session,
+                workspace=workspace,
+                issue_id=task.issue_id,
+                agent_id=task.agent_id,
+                failure=_failure_text(task),
+                outbox=outbox,
+            )
+
+
+def _failure_text(task: Task) -> str:
+    text = f"Failure class `{task.failure_class}` after {task.attempt} attempt(s)"
+    if task.failure_detail:
+        text += f":\n\n```\n{task.failure_detail[:2000]}\n```"
+    return text
+
+
+# --- the watchdog ---------------------------------------------------------------------------
+
+
+async def expire_leases(db: Database, bus: EventBus | None) -> list[str]:
+    """Retry (or fail for good) the tasks whose lease ran out; returns their ids."""
+    outbox = Outbox()
+    async with db.session() as session:
+        tasks = await queue.expire_leases(session)
+        if not tasks:
+            await session.commit()
+            return []
+        await _stopped(session, tasks, outbox)
+        await session.commit()
+    await outbox.publish(bus)
+    log.warning("tasks.leases_expired", task_ids=[t.id for t in tasks])
+    return [t.id for t in tasks]
+
+
+class TaskWatchdog(BackgroundService):
+    """Recovers the tasks of runtimes that died: a lease not renewed in time is retried
+    with backoff (``lease_expired``, retryable) or, after ``max_attempts``, failed for
+    good — with the failure commented on its issue."""
+
+    name: ClassVar[str] = "task-watchdog"
+    default_interval: ClassVar[float] = 5.0
+    leader_only: ClassVar[bool] = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._since = time.monotonic()
+
+    async def run_once(self) -> None:
+        # A server that was down could not take heartbeats: give daemons one lease (and a
+        # heartbeat) after start to renew theirs and deliver what they journaled.
+        if time.monotonic() - self._since < STARTUP_GRACE_SECONDS:
+            return
+        await expire_leases(self.db, self.bus)
+
+
+# --- tasks for members ----------------------------------------------------------------------
+
+
+async def get_task_or_404(session: AsyncSession, access: Access, task_id: str) -> Task:
+    task = await session.get(Task, task_id)
+    if task is None or task.workspace_id != access.workspace.id:
+        raise ProblemError(404, f"task {task_id} was not found")
+    return task
+
+
+async def list_tasks(
+    session: AsyncSession,
+    access: Access,
+    *,
+    statuses: Sequence[str] = (),
+    agent: str | None = None,
+    issue_id: str | None = None,
+    limit: int = 50,
+) -> list[Task]:
+    query = select(Task).where(Task.workspace_id == access.workspace.id)
+    if statuses:
+        query = query.where(Task.status.in_(list(statuses)))
+    if agent is not None:
+        query = query.where(Task.agent_id == (await get_agent_or_404(session, access, agent)).id)
+    if issue_id is not None:
+        query = query.where(Task.issue_id == issue_id)
+    result = await session.execute(query.order_by(Task.created_at.desc(), Task.id).limit(limit))
+    return list(result.scalars())
+
+
+async def usage_of(session: AsyncSession, task_ids: list[str]) -> dict[str, list[TaskUsage]]:
+    found: dict[str, list[TaskUsage]] = {t: [] for t in task_ids}
+    if task_ids:
+        rows = await session.execute(
+            select(TaskUsage).where(TaskUsage.task_id.in_(task_ids)).order_by(TaskUsage.model)
+        )
+        for row in rows.scalars():
+            found[row.task_id].append(row)
+    return found
+
+
+async def agent_names(session: AsyncSession, agent_ids: list[str]) -> dict[str, str]:
+    if not agent_ids:
+        return {}
+    rows = await session.execute(select(Agent.id, Agent.name).where(Agent.id.in_(agent_ids)))
+    return {agent_id: name for agent_id, name in rows.all()}
+
+
+async def list_messages(
+    session: AsyncSession,
+    access: Access,
+    task_id: str,
+    *,
+    attempt: int | None,
+    after_seq: int,
+    limit: int,
+) -> list[TaskMessage]:
+    task = await get_task_or_404(session, access, task_id)
+    query = select(TaskMessage).where(
+        TaskMessage.task_id == task.id,
+        TaskMessage.attempt == (attempt if attempt is not None else task.attempt),
+        TaskMessage.seq > after_seq,
+    )
+    result = await session.execute(query.order_by(TaskMessage.seq).limit(limit))
+    return list(result.scalars())
+
+
+async def cancel(session: AsyncSession, access: Access, task_id: str, outbox: Outbox) -> Task:
+    """Cancel a queued task at once; ask the daemon holding a running one to stop (it
+    learns on its waiting claim at once, or on its next heartbeat)."""
+    await get_task_or_404(session, access, task_id)
+    task = await queue.request_cancel(session, access.workspace.id, task_id)
+    await session.commit()
+    if task.status == "cancelled":
+        outbox.add("task.cancelled", task.workspace_id, task_id=task.id, issue_id=task.issue_id)
+    else:
+        outbox.add(
+            "task.cancel_requested",
+            task.workspace_id,
+            task_id=task.id,
+            runtime_id=task.runtime_id,
+        )
+    return task
+
+
+async def run_agent(
+    session: AsyncSession,
+    access: Access,
+    issue_key: str,
+    agent_ref: str | None,
+    outbox: Outbox,
+) -> queue.Enqueued:
+    """The manual "run again": ask an agent (default: the assignee) to work on an issue."""
+    issue = await issues.get_issue_or_404(session, access, issue_key)
+    if agent_ref is not None:
+        agent = await get_agent_or_404(session, access, agent_ref)
+    elif issue.assignee_agent_id is not None:
+        found = await session.get(Agent, issue.assignee_agent_id)
+        assert found is not None
+        agent = found
+    else:
+        raise ProblemError(
+            422,
+            f"{issue_key} is not assigned to an agent; name the agent to run",
+            type_="no-agent",
+        )
+    if agent.archived_at is not None:
+        raise ProblemError(
+            409, f"agent {agent.name} is archived; restore it first", type_="agent-archived"
+        )
+    enqueued = await queue.enqueue(
+        session,
+        workspace_id=access.workspace.id,
+        issue_id=issue.id,
+        agent_id=agent.id,
+        trigger="manual",
+        created_by=access.principal.user.id,
+    )
+    await session.commit()
+    if enqueued.outcome == "queued":
+        outbox.add(
+            "task.queued",
+            access.workspace.id,
+            task_id=enqueued.task.id,
+            issue_id=issue.id,
+            agent_id=agent.id,
+        )
+    return enqueued
+
+
+async def rerun(session: AsyncSession, access: Access, task_id: str, outbox: Outbox) -> Task:
+    task = await get_task_or_404(session, access, task_id)
+    enqueued = await run_agent(session, access, task.issue_id, task.agent_id, outbox)
+    return enqueued.task
+
+
+def offline_after_seconds() -> float:
+    return RUNTIME_OFFLINE_AFTER.total_seconds()
+
+
+def lease_seconds() -> float:
+    return queue.LEASE.total_seconds()

@@ -1,0 +1,134 @@
+"""The daemon's parts that need no server: configuration, the data directory, the
+transcript file, the worktree of a workspace without repositories."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+from pathlib import Path
+
+import pytest
+
+from forgehall.agents.schemas import MESSAGE_BATCH_MAX, MESSAGE_CONTENT_MAX
+from forgehall.daemon.config import ConfigError, load_config
+from forgehall.daemon.state import AlreadyRunning, DataDir, HeldTask, JournalEntry
+from forgehall.daemon.transcript import Transcript, read_batch
+from forgehall.daemon.workdir import Workdirs, safe_segment
+from tests.daemon.harness import git
+from tests.process import base_env, run_cli
+
+TOKEN = "fh_dmn_" + "x" * 30
+
+
+def env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {
+        "HOME": str(tmp_path),
+        "FORGEHALL_DAEMON_DIR": str(tmp_path / "data"),
+        "FORGEHALL_SERVER_URL": "http://127.0.0.1:9",
+        "FORGEHALL_DAEMON_TOKEN": TOKEN,
+        **extra,
+    }
+
+
+def test_configuration_from_the_environment(tmp_path: Path) -> None:
+    config = load_config(env(tmp_path, FORGEHALL_DAEMON_WRAPPER="bwrap --ro-bind / /"))
+    assert config.max_concurrent == 20
+    assert config.idle_timeout == 1800
+    assert config.health_host == "127.0.0.1"
+    assert config.health_port == 0
+    assert config.wrapper == ("bwrap", "--ro-bind", "/", "/")
+    assert config.work_dir == tmp_path / ".local" / "share" / "forgehall" / "work"
+    assert TOKEN not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"FORGEHALL_DAEMON_HEALTH_ADDR": "0.0.0.0:8080"}, "loopback"),
+        ({"FORGEHALL_DAEMON_HEALTH_ADDR": "8080"}, "HOST:PORT"),
+        ({"FORGEHALL_DAEMON_MAX_CONCURRENT": "0"}, "at least 1"),
+        ({"FORGEHALL_DAEMON_MAX_CONCURRENT": "many"}, "not a number"),
+        ({"FORGEHALL_DAEMON_TOKEN": "fh_pat_abc"}, "daemon token"),
+        ({"FORGEHALL_DAEMON_TOKEN": ""}, "forgehall daemon login"),
+        ({"FORGEHALL_SERVER_URL": "forgehall.example.com"}, "http://"),
+    ],
+)
+def test_bad_configuration_says_what_to_fix(
+    tmp_path: Path, extra: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(env(tmp_path, **extra))
+
+
+def test_login_is_stored_with_mode_0600_and_used(tmp_path: Path) -> None:
+    cli_env = base_env(tmp_path, FORGEHALL_DAEMON_DIR=str(tmp_path / "data"))
+    done = run_cli(
+        "daemon", "login", "--server", "http://h:1/", "--token", TOKEN, "--no-check", env=cli_env
+    )
+    assert done.returncode == 0, done.stderr
+    stored = tmp_path / "data" / "credentials.json"
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
+    config = load_config({"FORGEHALL_DAEMON_DIR": str(tmp_path / "data"), "HOME": str(tmp_path)})
+    assert (config.server_url, config.token) == ("http://h:1", TOKEN)
+    refused = run_cli(
+        "daemon", "login", "--server", "http://h:1", "--token", "fh_pat_x", env=cli_env
+    )
+    assert refused.returncode == 2
+    assert "not a daemon token" in refused.stderr
+
+
+def test_the_data_directory_lock_id_held_tasks_and_journal(tmp_path: Path) -> None:
+    data = DataDir(tmp_path / "data")
+    data.prepare()
+    data.acquire_lock()
+    try:
+        other = DataDir(tmp_path / "data")
+        with pytest.raises(AlreadyRunning, match="is running with the data directory"):
+            other.acquire_lock()
+        assert other.running_pid() is not None
+        assert data.daemon_id() == data.daemon_id()
+        data.hold(HeldTask(task_id="t1", lease_token="l1"))
+        data.journal(JournalEntry(task_id="t1", lease_token="l1", kind="complete", body={}))
+        assert [h.task_id for h in data.held()] == ["t1"]
+        (entry,) = data.journal_entries()
+        assert entry.kind == "complete"
+        assert stat.S_IMODE((data.journal_dir / "t1.json").stat().st_mode) == 0o600
+        data.forget_journal("t1")
+        data.release("t1")
+        assert data.held() == []
+        assert data.journal_entries() == []
+    finally:
+        data.release_lock()
+    assert DataDir(tmp_path / "data").running_pid() is None
+
+
+def test_the_transcript_is_read_back_in_bounded_batches(tmp_path: Path) -> None:
+    transcript = Transcript(tmp_path / "t.jsonl")
+    for i in range(MESSAGE_BATCH_MAX + 20):
+        transcript.append("text", f"line {i}")
+    transcript.append("tool_result", "é" * MESSAGE_CONTENT_MAX)  # too large: clipped
+    transcript.close()
+    with (tmp_path / "t.jsonl").open("ab") as handle:
+        handle.write(b'{"seq": 999, "kind": "te')  # a torn last line is not read
+    first, offset = read_batch(tmp_path / "t.jsonl", 0)
+    assert len(first) == MESSAGE_BATCH_MAX
+    assert [m.seq for m in first[:2]] == [1, 2]
+    rest, end = read_batch(tmp_path / "t.jsonl", offset)
+    assert [m.seq for m in rest][-1] == MESSAGE_BATCH_MAX + 21
+    assert len(rest[-1].content.encode()) <= MESSAGE_CONTENT_MAX
+    assert rest[-1].content.endswith("larger than 256 KiB]")
+    assert read_batch(tmp_path / "t.jsonl", end) == ([], end)
+
+
+def test_a_workspace_without_repositories_gets_an_empty_repository(tmp_path: Path) -> None:
+    workdirs = Workdirs(tmp_path / "work")
+    first = asyncio.run(workdirs.prepare("my agent", "ENG-7", [], "AGENTS.md"))
+    assert first.work == tmp_path / "work" / "my-agent" / "ENG-7" / "work"
+    assert first.branch == "forgehall/my-agent/ENG-7"
+    (first.work / "AGENTS.md").write_text("brief")
+    (first.work / "notes.txt").write_text("kept")
+    assert git("status", "--porcelain", cwd=first.work) == "?? notes.txt"
+    again = asyncio.run(workdirs.prepare("my agent", "ENG-7", [], "AGENTS.md"))
+    assert (again.work / "notes.txt").read_text() == "kept", "a follow-up reuses the worktree"
+    assert safe_segment("../x..y.lock") == "x.y"
