@@ -12,11 +12,14 @@ completion (``--jobs`` jobs, all enqueued before the clock starts, each doing no
 
 - ``forgehall``: ``--workers`` asyncio workers in this process, each acting as one
   runtime, each looping: one transaction ``agents.queue.claim(session, runtime,
-  ["claude"], --batch)`` + commit; then for each claimed task one transaction
-  ``queue.start`` + commit and one transaction ``queue.complete`` + commit — the three
-  state changes a daemon reports, each committed on its own as ``agents.dispatch``
-  commits them (without the rest of what dispatch adds to a claim: task tokens, the
-  issue brief, events). A worker stops when a claim returns nothing. Sessions come from
+  ["claude"], --batch)`` + commit; then one transaction ``queue.start_many`` + commit
+  and one transaction ``queue.complete_many`` + commit over the claimed batch — the
+  three state changes a daemon reports, each committed on its own (without the rest of
+  what ``agents.dispatch`` adds to a claim: task tokens, the issue brief, events).
+  Batching the start and completion reports is the counterpart of pgqueuer buffering
+  its acknowledgements; ``queue.start`` / ``queue.complete`` (what the daemon protocol
+  calls per task) are the same functions with a batch of one. A worker stops when a
+  claim returns nothing. Sessions come from
   ``Database.session()`` (SQLAlchemy + asyncpg pool, as the server uses it). Tasks are
   enqueued beforehand with ``queue.enqueue`` (task *i* on issue *i*, agent *i* mod
   ``--agents``), a few hundred per transaction; that is not timed.
@@ -252,23 +255,21 @@ async def ours_worker(db: Database, runtime: Runtime, batch: int, clock: Clock) 
         t0 = time.perf_counter()
         async with db.session() as session:
             claimed = await queue.claim(session, runtime, [PROVIDER], batch)
-            leases = [(t.id, t.lease_token) for t in claimed]
+            leases = [queue.Lease(t.id, t.lease_token or "") for t in claimed]
             await session.commit()
         if not leases:
             return
         t0 = clock.phase("claim", t0)
-        for task_id, token in leases:
-            assert token is not None
-            async with db.session() as session:
-                await queue.start(session, task_id, token)
-                await session.commit()
-            t0 = clock.phase("start", t0)
-            async with db.session() as session:
-                await queue.complete(session, task_id, token)
-                await session.commit()
-            t0 = clock.phase("complete", t0)
-            clock.done += 1
-            clock.finished = t0
+        async with db.session() as session:
+            await queue.start_many(session, leases)
+            await session.commit()
+        t0 = clock.phase("start", t0)
+        async with db.session() as session:
+            await queue.complete_many(session, leases)
+            await session.commit()
+        t0 = clock.phase("complete", t0)
+        clock.done += len(leases)
+        clock.finished = t0
 
 
 async def run_ours(db: Database, dsn: str, setup: Setup, args: argparse.Namespace) -> Result:

@@ -14,7 +14,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from forgehall.core.events import SUBSCRIBER_QUEUE, DomainEvent, EventBus
+from forgehall.core import events
+from forgehall.core.events import SUBSCRIBER_QUEUE, DomainEvent, EventBus, StoredEvent
 from forgehall.db.engine import Database
 from tests.conftest import PostgresTemplates, run_in_thread
 from tests.process import ServerProcess, base_env, run_cli
@@ -196,5 +197,47 @@ async def test_a_slow_subscriber_is_dropped_not_waited_for(db: Database) -> None
         assert not fast.overflowed.is_set()
         assert slow not in bus._subscribers["ws-1"]
         assert fast in bus._subscribers["ws-1"]
+    finally:
+        await bus.stop()
+
+
+async def test_an_event_committed_out_of_id_order_is_still_delivered(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL a publisher can commit id 11 before another commits id 10; the pump
+    must not skip 10. Simulated on both databases by inserting ids out of order."""
+    monkeypatch.setattr(events, "GAP_SECONDS", 0.5)
+    bus = EventBus(db)
+    await bus.start()
+    try:
+        inbox = bus.subscribe("ws-1")
+        await bus.publish([DomainEvent(kind="first", workspace_id="ws-1", data={})])
+        first = await asyncio.wait_for(inbox.queue.get(), 5)
+        base = first.id
+
+        async def insert(event_id: int, kind: str) -> None:
+            async with db.session() as session:
+                session.add(StoredEvent(id=event_id, workspace_id="ws-1", kind=kind, data="{}"))
+                await session.commit()
+            bus._wake.set()
+
+        await insert(base + 2, "committed-first")
+        assert (await asyncio.wait_for(inbox.queue.get(), 5)).kind == "committed-first"
+        await insert(base + 1, "committed-late")
+        late = await asyncio.wait_for(inbox.queue.get(), 5)
+        assert (late.id, late.kind) == (base + 1, "committed-late")
+
+        # A hole that never fills (a rolled-back insert) is given up after GAP_SECONDS,
+        # and nothing is delivered twice on the way.
+        await insert(base + 5, "after-a-hole")
+        assert (await asyncio.wait_for(inbox.queue.get(), 5)).id == base + 5
+        deadline = time.monotonic() + 10
+        while bus._last_id < base + 5 and time.monotonic() < deadline:
+            bus._wake.set()
+            await asyncio.sleep(0.1)
+        assert bus._last_id == base + 5
+        assert not bus._gaps
+        assert not bus._delivered
+        assert inbox.queue.empty()
     finally:
         await bus.stop()

@@ -398,3 +398,59 @@ async def test_fifty_concurrent_triggers_during_a_run_queue_one_follow_up(
         await session.commit()
     assert done.follow_up is not None
     assert await active_count(db) == 1, "exactly one follow-up is queued"
+
+
+async def test_batched_start_and_complete_are_all_or_nothing(
+    db: Database, world: dict[str, Any]
+) -> None:
+    for issue in range(3):
+        await trigger(db, world, issue=issue, agent="codex")
+    claimed = await claim(db, world)
+    assert len(claimed) == 3
+    leases = [queue.Lease(t.id, t.lease_token or "") for t in claimed]
+    tokens = {lease.token for lease in leases}
+    assert len(tokens) == 3, "each task of a batch gets its own lease token"
+    assert all(len(t) == 32 and int(t, 16) >= 0 for t in tokens)
+    await trigger(db, world, issue=1, agent="codex")  # while dispatched: a follow-up
+
+    # One stale token in the batch: refused with its reason, and nothing starts.
+    bad = [*leases[:2], queue.Lease(claimed[2].id, "not-the-token")]
+    async with db.session() as session:
+        with pytest.raises(ProblemError) as stale:
+            await queue.start_many(session, bad)
+        await session.commit()
+    assert stale.value.status == 409
+    assert stale.value.type == "stale-lease"
+    async with db.read_session() as session:
+        states = set((await session.execute(select(Task.status))).scalars())
+    assert states == {"dispatched"}
+
+    async with db.session() as session:
+        started = await queue.start_many(session, list(reversed(leases)), {claimed[0].id: "sess-0"})
+        await session.commit()
+    assert [t.id for t in started] == [t.id for t in reversed(claimed)], "in the order given"
+    assert {t.status for t in started} == {"running"}
+    assert started[-1].session_id == "sess-0"
+
+    async with db.session() as session:
+        with pytest.raises(ProblemError) as unknown:
+            await queue.complete_many(session, [*leases, queue.Lease("nope", "x")])
+    assert unknown.value.status == 404
+    async with db.session() as session:
+        done = await queue.complete_many(
+            session, leases, results={claimed[0].id: "shipped"}, session_ids={}
+        )
+        await session.commit()
+    assert [d.task.status for d in done] == ["completed"] * 3
+    assert done[0].task.result == "shipped"
+    assert [d.follow_up is not None for d in done] == [False, True, False]
+    async with db.read_session() as session:
+        queued = (await session.execute(select(Task).where(Task.status == "queued"))).scalars()
+        (follow_up,) = list(queued)
+    assert follow_up.issue_id == world["issues"][1].id
+    assert follow_up.trigger == "follow_up"
+
+    async with db.session() as session:  # a second report on finished tasks is refused
+        with pytest.raises(ProblemError) as again:
+            await queue.complete_many(session, leases[:1])
+    assert again.value.status == 409

@@ -27,6 +27,7 @@ the caller's transaction.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from forgehall.agents.models import ACTIVE_STATES, Agent, Runtime, Task
 from forgehall.core.errors import ProblemError
+from forgehall.db.dialect import random_hex_token
 
 log = structlog.get_logger("forgehall.queue")
 
@@ -175,19 +177,12 @@ async def claim(
         .where(*claimable, Task.agent_id.in_(list(free)))
         .subquery()
     )
-    chosen = list(
-        (
-            await session.execute(
-                select(candidates.c.id)
-                .where(candidates.c.rank <= candidates.c.free)
-                .order_by(candidates.c.available_at, candidates.c.created_at)
-                .limit(limit)
-            )
-        ).scalars()
+    chosen = (
+        select(candidates.c.id)
+        .where(candidates.c.rank <= candidates.c.free)
+        .order_by(candidates.c.available_at, candidates.c.created_at)
+        .limit(limit)
     )
-    if not chosen:
-        return []
-    tokens = {task_id: secrets.token_hex(16) for task_id in chosen}
     still_queued = (
         select(Task.id)
         .where(Task.id.in_(chosen), Task.status == "queued")
@@ -199,7 +194,7 @@ async def claim(
         .values(
             status="dispatched",
             runtime_id=runtime.id,
-            lease_token=case(tokens, value=Task.id),
+            lease_token=random_hex_token(),
             lease_expires_at=moment + LEASE,
             attempt=Task.attempt + 1,
             cancel_requested_at=None,
@@ -208,45 +203,110 @@ async def claim(
         .returning(Task)
         .execution_options(synchronize_session=False, populate_existing=True)
     )
-    claimed = sorted(result.scalars(), key=lambda t: chosen.index(t.id))
+    claimed = sorted(result.scalars(), key=lambda t: (t.available_at, t.created_at, t.id))
     for task in claimed:
         log.info("task.claimed", task_id=task.id, runtime_id=runtime.id, attempt=task.attempt)
     return claimed
 
 
-async def _leased(
-    session: AsyncSession, task_id: str, lease_token: str, allowed: tuple[str, ...]
-) -> Task:
-    task = await session.scalar(select(Task).where(Task.id == task_id).with_for_update())
+@dataclass(frozen=True)
+class Lease:
+    """A report's claim on a task: its id and the lease token handed out with it."""
+
+    task_id: str
+    token: str
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Why a report on one task of a batch was not taken (raised as is for a single one)."""
+
+    task_id: str
+    error: ProblemError
+
+
+async def _leased_many(
+    session: AsyncSession, leases: Sequence[Lease], allowed: tuple[str, ...]
+) -> tuple[list[Task], list[Refused]]:
+    """Lock the tasks of ``leases`` (one statement, in id order) and check each one's
+    token (constant time) and state; returns the tasks that may proceed, in the order
+    given, and the refusals."""
+    ids = sorted({lease.task_id for lease in leases})
+    rows = (
+        await session.execute(
+            select(Task).where(Task.id.in_(ids)).order_by(Task.id).with_for_update()
+        )
+    ).scalars()
+    found = {task.id: task for task in rows}
+    ok: list[Task] = []
+    refused: list[Refused] = []
+    for lease in leases:
+        task = found.get(lease.task_id)
+        problem = _lease_problem(task, lease, allowed)
+        if problem is not None:
+            refused.append(Refused(lease.task_id, problem))
+        else:
+            assert task is not None
+            ok.append(task)
+    return ok, refused
+
+
+def _lease_problem(
+    task: Task | None, lease: Lease, allowed: tuple[str, ...]
+) -> ProblemError | None:
     if task is None:
-        raise ProblemError(404, f"task {task_id} was not found")
-    if task.lease_token is None or not secrets.compare_digest(task.lease_token, lease_token):
-        raise ProblemError(
+        return ProblemError(404, f"task {lease.task_id} was not found")
+    if task.lease_token is None or not secrets.compare_digest(task.lease_token, lease.token):
+        return ProblemError(
             409,
             "this lease is no longer yours: the task was handed to another runtime (or finished)",
             type_="stale-lease",
             current_state=task.status,
         )
     if task.status not in allowed:
-        raise ProblemError(
+        return ProblemError(
             409,
             f"the task is {task.status}; that report is not allowed now",
             type_="invalid-transition",
             current_state=task.status,
         )
-    return task
+    return None
+
+
+async def _leased(
+    session: AsyncSession, task_id: str, lease_token: str, allowed: tuple[str, ...]
+) -> Task:
+    ok, refused = await _leased_many(session, [Lease(task_id, lease_token)], allowed)
+    if refused:
+        raise refused[0].error
+    return ok[0]
 
 
 async def start(
     session: AsyncSession, task_id: str, lease_token: str, session_id: str | None = None
 ) -> Task:
-    task = await _leased(session, task_id, lease_token, ("dispatched",))
-    task.status, task.started_at = "running", now()
-    task.lease_expires_at = now() + LEASE
-    if session_id:
-        task.session_id = session_id
-    await session.flush()
+    sessions = {task_id: session_id} if session_id else None
+    (task,) = await start_many(session, [Lease(task_id, lease_token)], sessions)
     return task
+
+
+async def start_many(
+    session: AsyncSession, leases: Sequence[Lease], session_ids: Mapping[str, str] | None = None
+) -> list[Task]:
+    """dispatched → running for every task of ``leases`` (one lock, one batched update).
+
+    All or nothing: the first refusal is raised and nothing changes."""
+    tasks, refused = await _leased_many(session, leases, ("dispatched",))
+    if refused:
+        raise refused[0].error
+    moment = now()
+    for task in tasks:
+        task.status, task.started_at = "running", moment
+        task.lease_expires_at = moment + LEASE
+        if session_ids and session_ids.get(task.id):
+            task.session_id = session_ids[task.id]
+    await session.flush()
+    return tasks
 
 
 async def report(session: AsyncSession, task_id: str, lease_token: str) -> Task:
@@ -272,24 +332,54 @@ async def complete(
     session_id: str | None = None,
 ) -> Completed:
     """Finish a task; a pending follow-up is queued in the same transaction."""
-    task = await _leased(session, task_id, lease_token, ("dispatched", "running"))
-    _finish(task, "completed")
-    task.result = result[:20000]
-    if session_id:
-        task.session_id = session_id
-    follow_up = None
-    if task.follow_up:
-        await session.flush()  # free the (issue, agent) slot first
-        follow_up = Task(
-            workspace_id=task.workspace_id,
-            issue_id=task.issue_id,
-            agent_id=task.agent_id,
-            trigger="follow_up",
-        )
-        session.add(follow_up)
+    (done,) = await complete_many(
+        session,
+        [Lease(task_id, lease_token)],
+        results={task_id: result},
+        session_ids={task_id: session_id} if session_id else None,
+    )
+    return done
+
+
+async def complete_many(
+    session: AsyncSession,
+    leases: Sequence[Lease],
+    *,
+    results: Mapping[str, str] | None = None,
+    session_ids: Mapping[str, str] | None = None,
+) -> list[Completed]:
+    """Finish every task of ``leases``; pending follow-ups are queued in the same
+    transaction. All or nothing: the first refusal is raised and nothing changes."""
+    tasks, refused = await _leased_many(session, leases, ("dispatched", "running"))
+    if refused:
+        raise refused[0].error
+    results = results or {}
+    for task in tasks:
+        _finish(task, "completed")
+        task.result = results.get(task.id, "")[:20000]
+        if session_ids and session_ids.get(task.id):
+            task.session_id = session_ids[task.id]
+    follow_ups: dict[str, Task] = {}
+    if any(task.follow_up for task in tasks):
+        await session.flush()  # free the (issue, agent) slots first
+        for task in tasks:
+            if task.follow_up:
+                follow_ups[task.id] = Task(
+                    workspace_id=task.workspace_id,
+                    issue_id=task.issue_id,
+                    agent_id=task.agent_id,
+                    trigger="follow_up",
+                )
+        session.add_all(follow_ups.values())
     await session.flush()
-    log.info("task.completed", task_id=task.id, follow_up=follow_up.id if follow_up else None)
-    return Completed(task, follow_up)
+    done = [Completed(task, follow_ups.get(task.id)) for task in tasks]
+    for item in done:
+        log.info(
+            "task.completed",
+            task_id=item.task.id,
+            follow_up=item.follow_up.id if item.follow_up else None,
+        )
+    return done
 
 
 def _finish(task: Task, status: str) -> None:

@@ -9,6 +9,12 @@ last it saw and hands them to the local subscribers of their workspace — so a 
 replica A sees a change made through replica B, a missed notification is caught by the
 poll fallback, and a reconnecting client can resume from its last id on any replica.
 
+Ids are handed out at insert but become visible at commit, so on PostgreSQL two
+publishers can commit out of id order: a pump that saw 11 before 10 committed must not
+skip 10. It keeps ``_last_id`` as the point below which every id was handled, delivers
+what it finds above it (remembering what it delivered), and treats an id still missing
+after ``GAP_SECONDS`` as a rolled-back insert (sequences have holes).
+
 Subscribers get a bounded queue each; one that falls behind is dropped (marked
 ``overflowed``), never allowed to slow the publisher. Rows older than the retention are
 pruned by the ``event-retention`` background service.
@@ -39,6 +45,7 @@ CHANNEL = "forgehall_events"
 SUBSCRIBER_QUEUE = 1000
 POLL_SECONDS = 1.0
 BATCH = 500
+GAP_SECONDS = 10.0
 RETENTION = timedelta(hours=1)
 
 
@@ -100,7 +107,9 @@ class EventBus:
         self.db = db
         self._subscribers: dict[str, set[Subscription]] = {}
         self._wake = asyncio.Event()
-        self._last_id = 0
+        self._last_id = 0  # every id up to this one was delivered or given up
+        self._delivered: set[int] = set()  # ids above _last_id already delivered
+        self._gaps: dict[int, float] = {}  # missing ids above _last_id: first noticed at
         self._tasks: list[asyncio.Task[None]] = []
         self._stop_listening: Callable[[], Awaitable[None]] | None = None
         self._stopping = False
@@ -186,24 +195,46 @@ class EventBus:
                 log.warning("events.pump_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def _deliver_new(self) -> None:
+        cursor = self._last_id
         while True:
             async with self.db.read_session() as session:
                 rows = list(
                     (
                         await session.execute(
                             select(StoredEvent)
-                            .where(StoredEvent.id > self._last_id)
+                            .where(StoredEvent.id > cursor)
                             .order_by(StoredEvent.id)
                             .limit(BATCH)
                         )
                     ).scalars()
                 )
             for row in rows:
-                event = _from_row(row)
-                self._last_id = row.id
-                self._dispatch(event)
+                if row.id not in self._delivered:
+                    self._delivered.add(row.id)
+                    self._dispatch(_from_row(row))
+            if rows:
+                cursor = rows[-1].id
             if len(rows) < BATCH:
-                return
+                break
+        self._advance()
+
+    def _advance(self) -> None:
+        """Move ``_last_id`` over what was delivered; wait ``GAP_SECONDS`` for a hole."""
+        moment = asyncio.get_running_loop().time()
+        if self._delivered:
+            for missing in range(self._last_id + 1, max(self._delivered)):
+                if missing not in self._delivered:
+                    self._gaps.setdefault(missing, moment)
+        while True:
+            following = self._last_id + 1
+            if following in self._delivered:
+                self._delivered.discard(following)
+            elif moment - self._gaps.get(following, moment) >= GAP_SECONDS:
+                log.info("events.gap_given_up", id=following)
+            else:
+                break
+            self._gaps.pop(following, None)
+            self._last_id = following
 
     def _dispatch(self, event: DomainEvent) -> None:
         for subscription in list(self._subscribers.get(event.workspace_id, ())):

@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import structlog
-from sqlalchemy import Table, text
+from sqlalchemy import String, Table, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 if TYPE_CHECKING:
     from forgehall.db.engine import Database
@@ -139,3 +141,23 @@ def upsert_insert(session: AsyncSession, table: Table) -> Any:
     if session.get_bind().dialect.name == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
+
+
+class random_hex_token(FunctionElement[str]):
+    """32 random hex digits from the database's strong random source, made
+    in the statement itself — so an ``UPDATE … RETURNING`` over rows it has not seen
+    yet can give each one its own token. PostgreSQL: ``gen_random_uuid()`` (122 random
+    bits from ``pg_strong_random``) without its dashes; SQLite: ``randomblob(16)``."""
+
+    type = String()
+    inherit_cache = True
+
+
+@compiles(random_hex_token, "postgresql")
+def _random_hex_token_pg(element: random_hex_token, compiler: Any, **kw: Any) -> str:
+    return "replace(gen_random_uuid()::text, '-', '')"
+
+
+@compiles(random_hex_token, "sqlite")
+def _random_hex_token_sqlite(element: random_hex_token, compiler: Any, **kw: Any) -> str:
+    return "lower(hex(randomblob(16)))"
