@@ -261,12 +261,16 @@ async def ours_worker(db: Database, runtime: Runtime, batch: int, clock: Clock) 
             return
         t0 = clock.phase("claim", t0)
         async with db.session() as session:
-            await queue.start_many(session, leases)
+            started, refused = await queue.start_many(session, leases)
             await session.commit()
+        if refused or len(started) != len(leases):
+            raise RuntimeError(f"forgehall: start refused {refused}")
         t0 = clock.phase("start", t0)
         async with db.session() as session:
-            await queue.complete_many(session, leases)
+            done, refused = await queue.complete_many(session, leases)
             await session.commit()
+        if refused or len(done) != len(leases):
+            raise RuntimeError(f"forgehall: complete refused {refused}")
         t0 = clock.phase("complete", t0)
         clock.done += len(leases)
         clock.finished = t0

@@ -342,3 +342,21 @@ def test_migrate_commands(tmp_path: Path) -> None:
     down = run_cli("migrate", "down", "--to", "base", "--yes", env=env)
     assert down.returncode == 0
     assert "base" in down.stdout
+
+
+def test_the_api_listener_hands_out_connections_without_nagle_delays() -> None:
+    """A response written as headers then body must not wait for the client's delayed
+    ACK: every accepted connection has TCP_NODELAY, and the socket says it is TCP (so
+    asyncio keeps it that way)."""
+    from forgehall.server import bind_socket
+
+    listener = bind_socket("127.0.0.1", 0, "API", "PORT")
+    try:
+        listener.listen()
+        assert listener.proto == socket.IPPROTO_TCP
+        with socket.create_connection(listener.getsockname()[:2]):
+            accepted, _ = listener.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        listener.close()

@@ -93,8 +93,13 @@ def ensure_encryption_key(settings: Settings) -> Settings:
 
 def bind_socket(host: str, port: int, what: str, variable: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP spelled out: asyncio turns Nagle's algorithm off only on sockets whose
+    # protocol says TCP, and a response sent as headers + body would otherwise wait for
+    # the client's delayed ACK (40 ms on Linux) before its body leaves. TCP_NODELAY on
+    # the listener is inherited by every accepted connection as well.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:

@@ -400,7 +400,7 @@ async def test_fifty_concurrent_triggers_during_a_run_queue_one_follow_up(
     assert await active_count(db) == 1, "exactly one follow-up is queued"
 
 
-async def test_batched_start_and_complete_are_all_or_nothing(
+async def test_batched_reports_take_the_current_leases_and_name_the_others(
     db: Database, world: dict[str, Any]
 ) -> None:
     for issue in range(3):
@@ -413,36 +413,43 @@ async def test_batched_start_and_complete_are_all_or_nothing(
     assert all(len(t) == 32 and int(t, 16) >= 0 for t in tokens)
     await trigger(db, world, issue=1, agent="codex")  # while dispatched: a follow-up
 
-    # One stale token in the batch: refused with its reason, and nothing starts.
-    bad = [*leases[:2], queue.Lease(claimed[2].id, "not-the-token")]
+    # One stale token and one unknown task in the batch: those two are refused, each
+    # with its reason; the others start.
+    batch = [leases[1], queue.Lease(claimed[2].id, "not-the-token"), queue.Lease("nope", "x")]
     async with db.session() as session:
-        with pytest.raises(ProblemError) as stale:
-            await queue.start_many(session, bad)
+        started, refused = await queue.start_many(session, batch, {claimed[1].id: "sess-1"})
         await session.commit()
-    assert stale.value.status == 409
-    assert stale.value.type == "stale-lease"
+    assert [t.id for t in started] == [claimed[1].id]
+    assert started[0].status == "running"
+    assert started[0].session_id == "sess-1"
+    assert [(r.task_id, r.error.status, r.error.type) for r in refused] == [
+        (claimed[2].id, 409, "stale-lease"),
+        ("nope", 404, "not-found"),
+    ]
     async with db.read_session() as session:
-        states = set((await session.execute(select(Task.status))).scalars())
-    assert states == {"dispatched"}
+        states = {i: st for i, st in (await session.execute(select(Task.id, Task.status))).all()}
+    assert states == {
+        claimed[0].id: "dispatched",
+        claimed[1].id: "running",
+        claimed[2].id: "dispatched",
+    }, "a refusal changes nothing"
 
+    # Starting the running one again is an invalid transition; the rest start in order.
     async with db.session() as session:
-        started = await queue.start_many(session, list(reversed(leases)), {claimed[0].id: "sess-0"})
+        started, refused = await queue.start_many(session, [leases[2], leases[1], leases[0]])
         await session.commit()
-    assert [t.id for t in started] == [t.id for t in reversed(claimed)], "in the order given"
-    assert {t.status for t in started} == {"running"}
-    assert started[-1].session_id == "sess-0"
+    assert [t.id for t in started] == [claimed[2].id, claimed[0].id], "in the order given"
+    assert [(r.task_id, r.error.type) for r in refused] == [(claimed[1].id, "invalid-transition")]
 
     async with db.session() as session:
-        with pytest.raises(ProblemError) as unknown:
-            await queue.complete_many(session, [*leases, queue.Lease("nope", "x")])
-    assert unknown.value.status == 404
-    async with db.session() as session:
-        done = await queue.complete_many(
+        done, refused = await queue.complete_many(
             session, leases, results={claimed[0].id: "shipped"}, session_ids={}
         )
         await session.commit()
+    assert refused == []
     assert [d.task.status for d in done] == ["completed"] * 3
-    assert done[0].task.result == "shipped"
+    assert [d.task.result for d in done] == ["shipped", "", ""]
+    assert done[1].task.session_id == "sess-1"
     assert [d.follow_up is not None for d in done] == [False, True, False]
     async with db.read_session() as session:
         queued = (await session.execute(select(Task).where(Task.status == "queued"))).scalars()
@@ -451,6 +458,9 @@ async def test_batched_start_and_complete_are_all_or_nothing(
     assert follow_up.trigger == "follow_up"
 
     async with db.session() as session:  # a second report on finished tasks is refused
+        done, refused = await queue.complete_many(session, leases[:1])
         with pytest.raises(ProblemError) as again:
-            await queue.complete_many(session, leases[:1])
+            await queue.complete(session, leases[0].task_id, leases[0].token)
+    assert done == []
+    assert refused[0].error.type == "stale-lease"
     assert again.value.status == 409

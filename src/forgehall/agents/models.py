@@ -99,6 +99,14 @@ class Task(Base):
             postgresql_where=text("status = 'queued'"),
         ),
         Index(
+            "ix_tasks_queued_by_agent",
+            "agent_id",
+            "available_at",
+            "created_at",
+            sqlite_where=text("status = 'queued'"),
+            postgresql_where=text("status = 'queued'"),
+        ),
+        Index(
             "ix_tasks_lease",
             "lease_expires_at",
             sqlite_where=text("status IN ('dispatched', 'running')"),

@@ -27,13 +27,13 @@ the caller's transaction.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import case, func, or_, select, update
+from sqlalchemy import case, func, or_, select, tuple_, union_all, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -128,19 +128,19 @@ async def claim(
     if limit <= 0 or not providers:
         return []
     moment = now()
-    claimable = (
-        Task.workspace_id == runtime.workspace_id,
-        Task.status == "queued",
-        Task.available_at <= moment,
+    has_work = (
+        select(Task.id)
+        .where(Task.agent_id == Agent.id, Task.status == "queued", Task.available_at <= moment)
+        .exists()
     )
-    with_work = select(Task.agent_id).where(*claimable).distinct()
     locked = await session.execute(
         select(Agent.id, Agent.max_concurrent_tasks)
         .where(
-            Agent.id.in_(with_work),
+            Agent.workspace_id == runtime.workspace_id,
             Agent.archived_at.is_(None),
             Agent.provider.in_(providers),
             _in_pool(runtime.id),
+            has_work,
         )
         .order_by(Agent.id)
         .with_for_update(of=Agent)
@@ -161,25 +161,21 @@ async def claim(
     }
     if not free:
         return []
-    rank = (
-        func.row_number()
-        .over(partition_by=Task.agent_id, order_by=(Task.available_at, Task.created_at))
-        .label("rank")
-    )
-    candidates = (
-        select(
-            Task.id,
-            Task.available_at,
-            Task.created_at,
-            rank,
-            case(free, value=Task.agent_id, else_=0).label("free"),
+    # Each agent's oldest queued tasks, as many as it has free slots: one short index
+    # range per agent (ix_tasks_queued_by_agent), never a pass over the whole queue.
+    per_agent = []
+    for agent_id, slots in free.items():
+        oldest = (
+            select(Task.id, Task.available_at, Task.created_at)
+            .where(Task.agent_id == agent_id, Task.status == "queued", Task.available_at <= moment)
+            .order_by(Task.available_at, Task.created_at)
+            .limit(slots)
+            .subquery()
         )
-        .where(*claimable, Task.agent_id.in_(list(free)))
-        .subquery()
-    )
+        per_agent.append(select(oldest.c.id, oldest.c.available_at, oldest.c.created_at))
+    candidates = union_all(*per_agent).subquery()
     chosen = (
         select(candidates.c.id)
-        .where(candidates.c.rank <= candidates.c.free)
         .order_by(candidates.c.available_at, candidates.c.created_at)
         .limit(limit)
     )
@@ -225,30 +221,38 @@ class Refused:
     error: ProblemError
 
 
-async def _leased_many(
-    session: AsyncSession, leases: Sequence[Lease], allowed: tuple[str, ...]
-) -> tuple[list[Task], list[Refused]]:
-    """Lock the tasks of ``leases`` (one statement, in id order) and check each one's
-    token (constant time) and state; returns the tasks that may proceed, in the order
-    given, and the refusals."""
-    ids = sorted({lease.task_id for lease in leases})
-    rows = (
-        await session.execute(
-            select(Task).where(Task.id.in_(ids)).order_by(Task.id).with_for_update()
-        )
-    ).scalars()
-    found = {task.id: task for task in rows}
-    ok: list[Task] = []
-    refused: list[Refused] = []
-    for lease in leases:
-        task = found.get(lease.task_id)
-        problem = _lease_problem(task, lease, allowed)
-        if problem is not None:
-            refused.append(Refused(lease.task_id, problem))
-        else:
-            assert task is not None
-            ok.append(task)
-    return ok, refused
+async def _refusals(
+    session: AsyncSession, leases: Sequence[Lease], taken: set[str], allowed: tuple[str, ...]
+) -> list[Refused]:
+    """Why the leases a batched update did not take were refused (read after the fact)."""
+    missing = [lease for lease in leases if lease.task_id not in taken]
+    if not missing:
+        return []
+    rows = await session.execute(select(Task).where(Task.id.in_([m.task_id for m in missing])))
+    found = {task.id: task for task in rows.scalars()}
+    refused = []
+    for lease in missing:
+        problem = _lease_problem(found.get(lease.task_id), lease, allowed)
+        refused.append(Refused(lease.task_id, problem or _raced(lease.task_id)))
+    return refused
+
+
+def _raced(task_id: str) -> ProblemError:
+    return ProblemError(
+        409,
+        f"task {task_id} changed while this report was made; send it again",
+        type_="report-raced",
+    )
+
+
+def _matching(leases: Sequence[Lease], allowed: tuple[str, ...]) -> Any:
+    """The rows of ``leases`` still holding that lease in an allowed state. A lease token
+    is a fencing token (which claim a report belongs to), not a credential — the caller
+    is already authenticated for the workspace — so it is compared in the statement."""
+    return (
+        tuple_(Task.id, Task.lease_token).in_([(lease.task_id, lease.token) for lease in leases]),
+        Task.status.in_(allowed),
+    )
 
 
 def _lease_problem(
@@ -276,37 +280,55 @@ def _lease_problem(
 async def _leased(
     session: AsyncSession, task_id: str, lease_token: str, allowed: tuple[str, ...]
 ) -> Task:
-    ok, refused = await _leased_many(session, [Lease(task_id, lease_token)], allowed)
-    if refused:
-        raise refused[0].error
-    return ok[0]
+    task = await session.scalar(select(Task).where(Task.id == task_id).with_for_update())
+    problem = _lease_problem(task, Lease(task_id, lease_token), allowed)
+    if problem is not None:
+        raise problem
+    assert task is not None
+    return task
 
 
 async def start(
     session: AsyncSession, task_id: str, lease_token: str, session_id: str | None = None
 ) -> Task:
     sessions = {task_id: session_id} if session_id else None
-    (task,) = await start_many(session, [Lease(task_id, lease_token)], sessions)
-    return task
+    started, refused = await start_many(session, [Lease(task_id, lease_token)], sessions)
+    if refused:
+        raise refused[0].error
+    return started[0]
 
 
 async def start_many(
     session: AsyncSession, leases: Sequence[Lease], session_ids: Mapping[str, str] | None = None
-) -> list[Task]:
-    """dispatched → running for every task of ``leases`` (one lock, one batched update).
-
-    All or nothing: the first refusal is raised and nothing changes."""
-    tasks, refused = await _leased_many(session, leases, ("dispatched",))
-    if refused:
-        raise refused[0].error
+) -> tuple[list[Task], list[Refused]]:
+    """dispatched → running for the tasks of ``leases`` whose lease is current: one
+    ``UPDATE … RETURNING``. Returns the started tasks (in the order given) and, for the
+    others, why not; a refusal changes nothing of its task."""
+    if not leases:
+        return [], []
     moment = now()
-    for task in tasks:
-        task.status, task.started_at = "running", moment
-        task.lease_expires_at = moment + LEASE
-        if session_ids and session_ids.get(task.id):
-            task.session_id = session_ids[task.id]
-    await session.flush()
-    return tasks
+    named = {task_id: sid for task_id, sid in (session_ids or {}).items() if sid}
+    result = await session.execute(
+        update(Task)
+        .where(*_matching(leases, ("dispatched",)))
+        .values(
+            status="running",
+            started_at=moment,
+            lease_expires_at=moment + LEASE,
+            session_id=case(named, value=Task.id, else_=Task.session_id)
+            if named
+            else Task.session_id,
+        )
+        .returning(Task)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    started = _in_order(leases, result.scalars())
+    return started, await _refusals(session, leases, {t.id for t in started}, ("dispatched",))
+
+
+def _in_order(leases: Sequence[Lease], tasks: Iterable[Task]) -> list[Task]:
+    by_id = {task.id: task for task in tasks}
+    return [by_id[lease.task_id] for lease in leases if lease.task_id in by_id]
 
 
 async def report(session: AsyncSession, task_id: str, lease_token: str) -> Task:
@@ -332,13 +354,15 @@ async def complete(
     session_id: str | None = None,
 ) -> Completed:
     """Finish a task; a pending follow-up is queued in the same transaction."""
-    (done,) = await complete_many(
+    done, refused = await complete_many(
         session,
         [Lease(task_id, lease_token)],
         results={task_id: result},
         session_ids={task_id: session_id} if session_id else None,
     )
-    return done
+    if refused:
+        raise refused[0].error
+    return done[0]
 
 
 async def complete_many(
@@ -347,31 +371,45 @@ async def complete_many(
     *,
     results: Mapping[str, str] | None = None,
     session_ids: Mapping[str, str] | None = None,
-) -> list[Completed]:
-    """Finish every task of ``leases``; pending follow-ups are queued in the same
-    transaction. All or nothing: the first refusal is raised and nothing changes."""
-    tasks, refused = await _leased_many(session, leases, ("dispatched", "running"))
-    if refused:
-        raise refused[0].error
-    results = results or {}
-    for task in tasks:
-        _finish(task, "completed")
-        task.result = results.get(task.id, "")[:20000]
-        if session_ids and session_ids.get(task.id):
-            task.session_id = session_ids[task.id]
-    follow_ups: dict[str, Task] = {}
-    if any(task.follow_up for task in tasks):
-        await session.flush()  # free the (issue, agent) slots first
-        for task in tasks:
-            if task.follow_up:
-                follow_ups[task.id] = Task(
-                    workspace_id=task.workspace_id,
-                    issue_id=task.issue_id,
-                    agent_id=task.agent_id,
-                    trigger="follow_up",
-                )
+) -> tuple[list[Completed], list[Refused]]:
+    """Finish the tasks of ``leases`` whose lease is current (one ``UPDATE …
+    RETURNING``); the follow-ups they had pending are queued in the same transaction
+    (one insert). Returns what was completed, in the order given, and the refusals."""
+    if not leases:
+        return [], []
+    allowed = ("dispatched", "running")
+    texts = {task_id: text[:20000] for task_id, text in (results or {}).items() if text}
+    named = {task_id: sid for task_id, sid in (session_ids or {}).items() if sid}
+    updated = await session.execute(
+        update(Task)
+        .where(*_matching(leases, allowed))
+        .values(
+            status="completed",
+            finished_at=now(),
+            lease_token=None,
+            lease_expires_at=None,
+            result=case(texts, value=Task.id, else_="") if texts else "",
+            session_id=case(named, value=Task.id, else_=Task.session_id)
+            if named
+            else Task.session_id,
+        )
+        .returning(Task)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    tasks = _in_order(leases, updated.scalars())
+    follow_ups = {
+        task.id: Task(
+            workspace_id=task.workspace_id,
+            issue_id=task.issue_id,
+            agent_id=task.agent_id,
+            trigger="follow_up",
+        )
+        for task in tasks
+        if task.follow_up
+    }
+    if follow_ups:
         session.add_all(follow_ups.values())
-    await session.flush()
+        await session.flush()
     done = [Completed(task, follow_ups.get(task.id)) for task in tasks]
     for item in done:
         log.info(
@@ -379,7 +417,7 @@ async def complete_many(
             task_id=item.task.id,
             follow_up=item.follow_up.id if item.follow_up else None,
         )
-    return done
+    return done, await _refusals(session, leases, {t.id for t in tasks}, allowed)
 
 
 def _finish(task: Task, status: str) -> None:
