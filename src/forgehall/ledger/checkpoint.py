@@ -122,7 +122,7 @@ class VerifierKey:
 
     @classmethod
     def parse(cls, text: str) -> VerifierKey:
-        parts = text.strip().split("+")
+        parts = text.strip().split("+", 2)  # base64 may contain "+" too
         if len(parts) != 3:
             raise CheckpointError("a verifier key is <name>+<hex key id>+<base64 key>")
         name, hex_id, encoded = parts
