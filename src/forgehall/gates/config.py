@@ -106,19 +106,27 @@ class _Document:
 
     def _convert(self, loader: yaml.SafeLoader, node: Node, loc: Loc) -> Any:
         if isinstance(node, MappingNode):
-            loader.flatten_mapping(node)  # resolves `<<: *anchor` merges
-            result: dict[str, Any] = {}
-            for key_node, value_node in node.value:
+            own: dict[str, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
                 line = key_node.start_mark.line + 1
                 key = loader.construct_object(key_node, deep=True)
                 if not isinstance(key, str):
                     self.problem(loc, f"key {key!r} is not text", line)
+                elif key in own:
+                    self.problem((*loc, key), f"duplicate key (first on line {own[key]})", line)
+                else:
+                    own[key] = line
+            # `<<: *anchor` merges put the merged keys first, so the mapping's own keys,
+            # coming later, win.
+            loader.flatten_mapping(node)
+            result: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                key = loader.construct_object(key_node, deep=True)
+                if not isinstance(key, str):
                     continue
-                if key in result:
-                    first = self.lines[(*loc, key)]
-                    self.problem((*loc, key), f"duplicate key (first on line {first})", line)
-                    continue
-                self.lines[(*loc, key)] = line
+                self.lines[(*loc, key)] = own.get(key, key_node.start_mark.line + 1)
                 result[key] = self._convert(loader, value_node, (*loc, key))
             return result
         if isinstance(node, SequenceNode):
