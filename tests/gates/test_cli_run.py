@@ -4,12 +4,16 @@ repositories, results in the local ledger, exit codes, JSON, selection, readines
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 from forgehall.ledger.chain import verify_chain
 from tests.gates.project import (
     LEDGER,
+    alive,
     commit_all,
     forgehall,
     git,
@@ -223,8 +227,6 @@ def test_readiness_needs_a_tier_and_a_commit(tmp_path: Path) -> None:
 
 
 def test_on_a_terminal_progress_is_live_and_the_summary_follows(tmp_path: Path) -> None:
-    import os
-
     project = make_project(tmp_path / "repo", GATES)
     leader, follower = os.openpty()
     env = {**base_env(tmp_path), "COLUMNS": "100", "TERM": "xterm"}
@@ -253,3 +255,26 @@ def test_on_a_terminal_progress_is_live_and_the_summary_follows(tmp_path: Path) 
     assert "READY for prototype" in text
     assert "…    lint" not in text  # the plain-line progress is for pipes only
     assert len(ledger_entries(project)) == 4
+
+
+def test_an_interrupted_run_takes_its_gates_down(tmp_path: Path) -> None:
+    gates = (
+        "version: 1\ngates:\n  - id: hang\n    command: 'sleep 300 & echo $! > child.pid; wait'\n"
+    )
+    project = make_project(tmp_path / "repo", gates)
+    process = subprocess.Popen(
+        [PYTHON, "-m", "forgehall", "gates", "run"],
+        cwd=project,
+        env=base_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    pid_file = project / "child.pid"
+    deadline = time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text().strip()):
+        assert time.monotonic() < deadline, "the gate never started"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(30) == 130
+    assert not alive(int(pid_file.read_text()))
+    assert ledger_entries(project) == []
