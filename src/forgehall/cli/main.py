@@ -10,7 +10,9 @@ from forgehall import __version__
 from forgehall.cli import agents as agent_commands
 from forgehall.cli import client as client_commands
 from forgehall.cli import daemon as daemon_commands
+from forgehall.cli import gates as gate_commands
 from forgehall.cli import issues as issue_commands
+from forgehall.cli import ledger as ledger_commands
 from forgehall.cli import server as server_commands
 from forgehall.cli import tasks as task_commands
 from forgehall.cli.context import CliState
@@ -52,6 +54,8 @@ issue_commands.register(app)
 daemon_commands.register(app)
 agent_commands.register(app)
 task_commands.register(app)
+gate_commands.register(app)
+ledger_commands.register(app)
 
 
 def main() -> None:
