@@ -116,9 +116,9 @@ async def claim(
 ) -> list[Task]:
     """Claim up to ``limit`` queued tasks this runtime may run; returns them leased.
 
-    The agents concerned are row-locked first (in id order), so concurrent claimers on
-    PostgreSQL count each agent's running tasks one after the other and never exceed
-    its concurrency limit together. Each locked agent's free slots (its limit minus its
+    The agents concerned are row-locked first (in id order, skipping those another
+    claimer holds), so concurrent claimers on PostgreSQL count each agent's running
+    tasks one after the other and never exceed its concurrency limit together. Each locked agent's free slots (its limit minus its
     dispatched and running tasks) are counted once, after the lock, in a statement of
     their own (so it sees what the previous holder of the lock committed); the oldest
     queued tasks then fill them, at most that many per agent (counted within the batch
@@ -133,7 +133,7 @@ async def claim(
         .where(Task.agent_id == Agent.id, Task.status == "queued", Task.available_at <= moment)
         .exists()
     )
-    locked = await session.execute(
+    eligible = (
         select(Agent.id, Agent.max_concurrent_tasks)
         .where(
             Agent.workspace_id == runtime.workspace_id,
@@ -143,9 +143,15 @@ async def claim(
             has_work,
         )
         .order_by(Agent.id)
-        .with_for_update(of=Agent)
     )
+    # Agents another runtime is claiming for right now are skipped, so concurrent
+    # claimers share the agents out instead of queueing behind one another; only when
+    # every agent with work is taken does this claim wait for their locks.
+    locked = await session.execute(eligible.with_for_update(of=Agent, skip_locked=True))
     caps: dict[str, int] = {agent_id: cap for agent_id, cap in locked.all()}
+    if not caps:
+        locked = await session.execute(eligible.with_for_update(of=Agent))
+        caps = {agent_id: cap for agent_id, cap in locked.all()}
     if not caps:
         return []
     counted = await session.execute(
