@@ -26,8 +26,10 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from socketserver import ThreadingMixIn
+from types import FrameType
 from typing import Any, Literal
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
@@ -42,6 +44,7 @@ from forgehall.core.logging import configure_logging
 from forgehall.db.engine import Database
 from forgehall.db.migrate import SchemaAheadError, upgrade_to_head
 from forgehall.db.url import DatabaseUrlError, resolve_database
+from forgehall.embedded_runtime import EmbeddedRuntime
 from forgehall.settings import LoadedSettings, Settings, parse_host_port
 
 log = structlog.get_logger("forgehall.server")
@@ -216,7 +219,7 @@ async def _run(loaded: LoadedSettings, mode: Literal["serve", "up"]) -> int:
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
         server_header=False,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     metrics_thread = None
     if metrics_sock is not None and app.state.metrics is not None:
         metrics_thread = _start_metrics_listener(metrics_sock, app.state.metrics.registry)
@@ -235,6 +238,13 @@ async def _run(loaded: LoadedSettings, mode: Literal["serve", "up"]) -> int:
         setup_link = await _first_run_link(db, settings)
         _print_banner(url, db_config.display, settings.data_dir, setup_link)
     asyncio.get_running_loop().create_task(db.warm())
+    runtime = None
+    if mode == "up" and settings.embedded_runtime:
+        runtime = EmbeddedRuntime(
+            db, server_url=f"http://{_loopback(settings.host)}:{port}", data_dir=settings.data_dir
+        )
+        server.before_exit = runtime.stop
+        runtime.start()
     # uvicorn restores the previous handlers after its graceful shutdown and re-raises
     # the signal; with ours in place that is a no-op and a clean stop exits 0.
     received: list[int] = []
@@ -245,10 +255,51 @@ async def _run(loaded: LoadedSettings, mode: Literal["serve", "up"]) -> int:
         if received:
             log.info("server.stopped", signal=signal.Signals(received[0]).name)
     finally:
+        if runtime is not None:
+            await runtime.stop()  # a no-op after a drain; stops it if serving failed
         if metrics_thread is not None:
             metrics_thread.shutdown()
         await db.dispose()
     return 0 if server.started else 1
+
+
+class _Server(uvicorn.Server):
+    """uvicorn with one step before it stops: ``before_exit`` (the embedded runtime's
+    drain) runs while the API still answers, so its daemons can report what they ran.
+    A second signal stops at once, as it does without it."""
+
+    before_exit: Callable[[], Awaitable[None]] | None = None
+    _draining: bool = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.before_exit is None or self._draining or self.should_exit:
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        loop = asyncio.get_event_loop()
+        loop.call_soon_threadsafe(self._drain_then_exit, sig, frame)
+
+    def _drain_then_exit(self, sig: int, frame: FrameType | None) -> None:
+        assert self.before_exit is not None
+        before_exit = self.before_exit
+
+        async def drain() -> None:
+            try:
+                await before_exit()
+            except Exception as exc:
+                log.error("server.drain_failed", error=f"{type(exc).__name__}: {exc}")
+            super(_Server, self).handle_exit(sig, frame)
+
+        self._drain_task = asyncio.get_running_loop().create_task(drain())
+
+
+def _loopback(host: str) -> str:
+    """Where this machine reaches the API it listens on at ``host``."""
+    if host in ("0.0.0.0", "", "localhost"):  # noqa: S104
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 def _display_host(host: str) -> str:

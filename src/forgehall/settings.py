@@ -99,6 +99,13 @@ class Settings(BaseSettings):
         "network you control).",
         json_schema_extra=_meta("General"),
     )
+    embedded_runtime: bool = Field(
+        True,
+        description="`forgehall up` also runs a runtime daemon in its own process (one per "
+        "workspace, with the agent CLIs found on this machine), so assigned agents start "
+        "work without a separate `forgehall daemon`. `serve` never does.",
+        json_schema_extra=_meta("General"),
+    )
     data_dir: Path = Field(
         default_factory=default_data_dir,
         description="Directory for the embedded SQLite database, generated development "

@@ -125,9 +125,11 @@ class Board:
         return rows
 
 
-def start_board(tmp: Path, database_url: str) -> Board:
-    env = base_env(tmp, DATABASE_URL=database_url)
-    server = ServerProcess(tmp, env=dict(env)).start()
+def start_board(
+    tmp: Path, database_url: str, *, command: str = "serve", **server_env: str
+) -> Board:
+    env = base_env(tmp, DATABASE_URL=database_url, **server_env)
+    server = ServerProcess(tmp, env=dict(env), command=command).start()
     server.wait_ready()
     token = admin_token(server, env)
     api = httpx.Client(

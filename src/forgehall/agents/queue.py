@@ -118,12 +118,13 @@ async def claim(
 
     The agents concerned are row-locked first (in id order, skipping those another
     claimer holds), so concurrent claimers on PostgreSQL count each agent's running
-    tasks one after the other and never exceed its concurrency limit together. Each locked agent's free slots (its limit minus its
-    dispatched and running tasks) are counted once, after the lock, in a statement of
-    their own (so it sees what the previous holder of the lock committed); the oldest
-    queued tasks then fill them, at most that many per agent (counted within the batch
-    too); the claim itself is one ``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP
-    LOCKED) RETURNING``.
+    tasks one after the other and never exceed its concurrency limit together. Each
+    locked agent's free slots (its limit minus its dispatched and running tasks) are
+    counted once, after the lock, in a statement of their own (so it sees what the
+    previous holder of the lock committed). The claim itself is then one ``UPDATE …
+    WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING`` over each agent's oldest
+    queued tasks, at most its free slots, oldest first up to ``limit``; the database
+    makes each task's new lease token.
     """
     if limit <= 0 or not providers:
         return []

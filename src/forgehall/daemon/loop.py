@@ -96,11 +96,15 @@ class Daemon:
             "journal": len(self.data.journal_entries()),
         }
 
-    async def run(self) -> int:
-        """Until stopped; 0 after a clean drain, 2 when the server refused the token."""
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
+    async def run(self, *, handle_signals: bool = True) -> int:
+        """Until stopped; 0 after a clean drain, 2 when the server refused the token.
+
+        ``handle_signals=False`` when another program owns the process's signals (the
+        runtime ``forgehall up`` embeds): it calls :meth:`request_stop` itself."""
+        if handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
         health = HealthServer(self.config.health_host, self.config.health_port, self.health)
         port = await health.start()
         write_json_durably(
