@@ -10,8 +10,10 @@ later is served too) it revokes the daemon tokens it minted before (named
 runs a :class:`~forgehall.daemon.loop.Daemon` with it. The token lives only in memory; a
 restart mints another. Each daemon keeps its own data directory
 (``FORGEHALL_DATA_DIR/daemon/<workspace id>``: its persistent id, so a restart is the same
-runtime, its held tasks and its journal); worktrees go under ``FORGEHALL_DAEMON_WORKDIR``
-(default ``FORGEHALL_DATA_DIR/work``). Every other ``FORGEHALL_DAEMON_*`` variable applies
+runtime, its held tasks and its journal); worktrees go under
+``<FORGEHALL_DAEMON_WORKDIR>/<workspace id>`` (default ``FORGEHALL_DATA_DIR/work``), a
+directory per workspace since two workspaces may both have an agent ``claude`` and an
+issue ``ENG-1``. Every other ``FORGEHALL_DAEMON_*`` variable applies
 as it does to a separate daemon.
 
 Stopping drains: the server keeps answering while the daemons stop claiming, let their
@@ -62,6 +64,8 @@ class EmbeddedRuntime:
         self.server_url = server_url
         self.data_dir = data_dir
         self.environ = dict(os.environ if environ is None else environ)
+        configured = self.environ.get("FORGEHALL_DAEMON_WORKDIR")
+        self.work_root = Path(configured).expanduser() if configured else data_dir / "work"
         self.daemons: dict[str, Daemon] = {}
         self._runs: dict[str, asyncio.Task[int]] = {}
         self._stop = asyncio.Event()
@@ -95,8 +99,9 @@ class EmbeddedRuntime:
                 "FORGEHALL_SERVER_URL": self.server_url,
                 "FORGEHALL_DAEMON_TOKEN": token,
                 "FORGEHALL_DAEMON_DIR": str(self.data_dir / "daemon" / workspace_id),
-                "FORGEHALL_DAEMON_WORKDIR": self.environ.get("FORGEHALL_DAEMON_WORKDIR")
-                or str(self.data_dir / "work"),
+                # One work directory per workspace: two workspaces may both have an
+                # agent "claude" and an issue ENG-1.
+                "FORGEHALL_DAEMON_WORKDIR": str(self.work_root / workspace_id),
             }
             try:
                 config = load_config(env)

@@ -698,3 +698,36 @@ async def test_the_watchdog_waits_one_lease_after_the_server_starts(
     watchdog._since -= dispatch.STARTUP_GRACE_SECONDS
     await watchdog.run_once()
     assert [(t.status, t.failure_class) for t in await tasks(db)] == [("queued", "lease_expired")]
+
+
+async def test_issue_states_tell_the_daemon_which_worktrees_it_may_remove(
+    api: httpx.AsyncClient, world: World
+) -> None:
+    daemon = await new_daemon(api, world)
+    open_issue = await new_issue(api, world, title="Still going")
+    done_issue = await new_issue(api, world, title="Finished")
+    statuses = (await api.get(f"{WS}/statuses", headers=world.owner.headers)).json()
+    done_id = next(s["id"] for s in statuses if s["category"] == "done")
+    moved = await api.patch(
+        f"{WS}/issues/{done_issue['key']}",
+        headers=world.owner.headers,
+        json={"revision": done_issue["revision"], "status_id": done_id},
+    )
+    assert moved.status_code == 200, moved.text
+    asked = [open_issue["key"], done_issue["key"], "ENG-999", "OTHER-1", "garbage"]
+    answer = await daemon.post(f"/runtimes/{daemon.runtime_id}/issue-states", {"keys": asked})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {
+        "categories": {open_issue["key"]: "todo", done_issue["key"]: "done"}
+    }, "unknown keys and other workspaces' keys are left out"
+
+    other = Daemon(
+        api, await daemon_token(api, world.outsider, "/api/v1/workspaces/other"), "d-other"
+    )
+    await other.register()
+    refused = await other.post(f"/runtimes/{daemon.runtime_id}/issue-states", {"keys": asked})
+    assert refused.status_code == 403, "another workspace's runtime"
+    too_many = await daemon.post(
+        f"/runtimes/{daemon.runtime_id}/issue-states", {"keys": ["ENG-1"] * 1001}
+    )
+    assert too_many.status_code == 422

@@ -4,17 +4,19 @@ transcript file, the worktree of a workspace without repositories."""
 from __future__ import annotations
 
 import asyncio
+import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
 
-from forgehall.agents.schemas import MESSAGE_BATCH_MAX, MESSAGE_CONTENT_MAX
+from forgehall.agents.schemas import MESSAGE_BATCH_MAX, MESSAGE_CONTENT_MAX, ClaimedRepository
 from forgehall.daemon.config import ConfigError, load_config
 from forgehall.daemon.state import AlreadyRunning, DataDir, HeldTask, JournalEntry
 from forgehall.daemon.transcript import Transcript, read_batch
-from forgehall.daemon.workdir import Workdirs, safe_segment
-from tests.daemon.harness import git
+from forgehall.daemon.workdir import Collector, Workdirs, safe_segment
+from tests.daemon.harness import git, make_origin
 from tests.process import base_env, run_cli
 
 TOKEN = "fh_dmn_" + "x" * 30
@@ -132,3 +134,47 @@ def test_a_workspace_without_repositories_gets_an_empty_repository(tmp_path: Pat
     again = asyncio.run(workdirs.prepare("my agent", "ENG-7", [], "AGENTS.md"))
     assert (again.work / "notes.txt").read_text() == "kept", "a follow-up reuses the worktree"
     assert safe_segment("../x..y.lock") == "x.y"
+
+
+def test_the_collector_removes_worktrees_of_finished_issues_only(tmp_path: Path) -> None:
+    origin = make_origin(tmp_path / "origin")
+    repo = ClaimedRepository(name="app", url=str(origin), default_branch="main")
+    workdirs = Workdirs(tmp_path / "work")
+    day = 86400.0
+    now = time.time()
+    ages = {"ENG-1": 2 * day, "ENG-2": 2 * day, "ENG-3": 60.0, "ENG-4": 40 * day, "ENG-5": 2 * day}
+    for key, age in ages.items():
+        taskdir = asyncio.run(workdirs.prepare("claude", key, [repo], "CLAUDE.md"))
+        (taskdir.logs / "attempt-1.jsonl").write_text("{}\n")
+        for path in (taskdir.root / ".last_used", taskdir.logs, taskdir.logs / "attempt-1.jsonl"):
+            os.utime(path, (now - age, now - age))
+    (workdirs.root_of("claude", "ENG-1") / "work" / "unpushed.txt").write_text("x")
+    git("add", "unpushed.txt", cwd=workdirs.root_of("claude", "ENG-1") / "work")
+    git("commit", "-q", "-m", "agent work", cwd=workdirs.root_of("claude", "ENG-1") / "work")
+    asked: list[list[str]] = []
+
+    async def categories(keys: list[str]) -> dict[str, str]:
+        asked.append(keys)
+        return {"ENG-1": "done", "ENG-2": "in_progress", "ENG-3": "done", "ENG-5": "cancelled"}
+
+    collector = Collector(workdirs, after=day, max_age=30 * day)
+    in_use = {workdirs.root_of("claude", "ENG-5")}
+    removed = asyncio.run(collector.collect(in_use=lambda: in_use, categories=categories, now=now))
+
+    # ENG-1: finished and idle a day; ENG-4: idle past the maximum age (its issue unknown).
+    # Kept: ENG-2 (still in progress), ENG-3 (finished a minute ago), ENG-5 (in use).
+    assert sorted(p.name for p in removed) == ["ENG-1", "ENG-4"]
+    assert asked == [["ENG-1", "ENG-2", "ENG-5"]], "only idle ones younger than the max age"
+    left = sorted(p.name for p in (tmp_path / "work" / "claude").iterdir())
+    assert left == ["ENG-2", "ENG-3", "ENG-5"]
+    (cache,) = (tmp_path / "work" / ".repos").glob("*.git")
+    listed = git("worktree", "list", "--porcelain", cwd=cache)
+    assert "ENG-1" not in listed
+    assert "ENG-4" not in listed
+    assert "ENG-2" in listed
+    # The branch, with the agent's unpushed commit, stays in the cache.
+    assert git("log", "-1", "--format=%s", "forgehall/claude/ENG-1", cwd=cache) == "agent work"
+
+    # A follow-up on a collected issue starts from that branch again.
+    again = asyncio.run(workdirs.prepare("claude", "ENG-1", [repo], "CLAUDE.md"))
+    assert (again.work / "unpushed.txt").read_text() == "x"

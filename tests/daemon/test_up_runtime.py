@@ -60,7 +60,9 @@ def test_up_runs_a_runtime_that_takes_the_work(board: Board) -> None:
     (comment,) = board.comments(key)
     assert comment["author"]["kind"] == "agent"
     assert board.issue(key)["status"]["name"] == "In Review"
-    work = board.tmp / "data" / "work" / "claude" / key / "work"
+    work_root = board.tmp / "data" / "work"
+    (workspace_dir,) = work_root.iterdir()  # one per workspace
+    work = workspace_dir / "claude" / key / "work"
     assert (work / "README.md").read_text() == "# app\n", "checked out under the data dir"
 
     # Its token is an ordinary daemon token of the workspace, listed and revocable.

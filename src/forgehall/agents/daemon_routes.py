@@ -22,6 +22,8 @@ from forgehall.agents.schemas import (
     FailIn,
     HeartbeatIn,
     HeartbeatOut,
+    IssueStatesIn,
+    IssueStatesOut,
     LeaseIn,
     MessagesIn,
     MessagesOut,
@@ -108,6 +110,19 @@ async def heartbeat(
 ) -> HeartbeatOut:
     held = list(body.held) if body is not None and body.held is not None else None
     return HeartbeatOut(cancel=await dispatch.heartbeat(session, access, runtime_id, held))
+
+
+@router.post(
+    "/runtimes/{runtime_id}/issue-states",
+    response_model=IssueStatesOut,
+    summary="The status category of issues the daemon keeps worktrees for",
+    responses=RUNTIME_ERRORS,
+)
+async def issue_states(
+    runtime_id: str, body: IssueStatesIn, access: DaemonAccess, session: SessionDep
+) -> IssueStatesOut:
+    categories = await dispatch.issue_states(session, access, runtime_id, list(body.keys))
+    return IssueStatesOut(categories=categories)
 
 
 @router.post(

@@ -137,6 +137,14 @@ async def heartbeat(
 # --- claims ---------------------------------------------------------------------------------
 
 
+async def issue_states(
+    session: AsyncSession, access: Access, runtime_id: str, keys: list[str]
+) -> dict[str, str]:
+    """For the daemon's worktree collector: which of these issues are finished."""
+    await runtime_of(session, access, runtime_id)
+    return await issues.status_categories(session, access, keys)
+
+
 @dataclass(frozen=True)
 class ClaimResult:
     tasks: list[ClaimedTask]

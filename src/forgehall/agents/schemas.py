@@ -223,6 +223,25 @@ class RuntimeRegisteredOut(BaseModel):
     )
 
 
+class IssueStatesIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    keys: list[str] = Field(
+        max_length=1000,
+        description="Issue keys (`ENG-42`) the daemon keeps worktrees for.",
+        examples=[["ENG-42", "ENG-7"]],
+    )
+
+
+class IssueStatesOut(BaseModel):
+    categories: dict[str, str] = Field(
+        description="The status category of each key that names an issue of the workspace "
+        "(backlog, todo, in_progress, in_review, done, blocked, cancelled); a key that "
+        "names none is left out.",
+        examples=[{"ENG-42": "done", "ENG-7": "in_progress"}],
+    )
+
+
 class HeartbeatIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

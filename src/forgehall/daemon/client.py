@@ -26,6 +26,8 @@ from forgehall.agents.schemas import (
     FailIn,
     HeartbeatIn,
     HeartbeatOut,
+    IssueStatesIn,
+    IssueStatesOut,
     LeaseIn,
     MessageIn,
     MessagesIn,
@@ -158,6 +160,15 @@ class ProtocolClient:
             f"/api/v1/daemon/runtimes/{runtime_id}/orphans",
             OrphansIn(task_ids=task_ids),
             OrphansOut,
+        )
+        return result
+
+    async def issue_states(self, runtime_id: str, keys: list[str]) -> IssueStatesOut:
+        result: IssueStatesOut = await self._call(
+            "POST",
+            f"/api/v1/daemon/runtimes/{runtime_id}/issue-states",
+            IssueStatesIn(keys=keys),
+            IssueStatesOut,
         )
         return result
 

@@ -52,6 +52,9 @@ class DaemonConfig:
     claim_wait: float = 30.0
     wrapper: tuple[str, ...] = ()
     machine: str = ""
+    gc_after: float = 86400.0  # a finished issue's worktree goes this long after last use
+    gc_max_age: float = 30 * 86400.0  # any worktree unused this long goes
+    gc_interval: float = 3600.0
 
 
 def _number(environ: Mapping[str, str], name: str, default: float, *, low: float) -> float:
@@ -157,4 +160,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> DaemonConfig:
         claim_wait=min(_number(env, "FORGEHALL_DAEMON_CLAIM_WAIT", 30, low=0), 30.0),
         wrapper=wrapper,
         machine=(env.get("FORGEHALL_DAEMON_MACHINE") or socket.gethostname())[:200],
+        gc_after=_number(env, "FORGEHALL_DAEMON_GC_AFTER", 86400, low=0),
+        gc_max_age=_number(env, "FORGEHALL_DAEMON_GC_MAX_AGE", 30 * 86400, low=3600),
+        gc_interval=_number(env, "FORGEHALL_DAEMON_GC_INTERVAL", 3600, low=1),
     )

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from forgehall.daemon.delivery import Deliverer
 from forgehall.daemon.health import HealthServer
 from forgehall.daemon.runner import TaskRun, kill_group
 from forgehall.daemon.state import DataDir, HeldTask, write_json_durably
-from forgehall.daemon.workdir import Workdirs
+from forgehall.daemon.workdir import Collector, Workdirs
 
 log = logging.getLogger("forgehall.daemon")
 
@@ -253,6 +254,7 @@ class Daemon:
     async def _serve(self) -> None:
         self._delivering = self._spawn(self.deliverer.run())
         self._spawn(self._heartbeat_loop())
+        self._spawn(self._collect_loop())
         claiming = self._spawn(self._claim_loop())
         await self._stop.wait()
         await self._drain(claiming)
@@ -284,6 +286,45 @@ class Daemon:
             delay = self.heartbeat_seconds
             self._set_connected(True)
             self._cancel(answer.cancel)
+
+    async def _collect_loop(self) -> None:
+        """Remove worktrees of finished issues: soon after start, then every interval."""
+        collector = Collector(
+            self.workdirs, after=self.config.gc_after, max_age=self.config.gc_max_age
+        )
+        delay = min(60.0, self.config.gc_interval)
+        while True:
+            await asyncio.sleep(delay)
+            delay = self.config.gc_interval
+            try:
+                removed = await collector.collect(
+                    in_use=self._dirs_in_use, categories=self._categories, now=time.time()
+                )
+            except (Unreachable, Refused) as exc:
+                log.warning("worktrees.collect_postponed reason=%s", exc)
+                continue
+            except OSError as exc:
+                log.error("worktrees.collect_failed reason=%s", exc)
+                continue
+            if removed:
+                log.info(
+                    "worktrees.collected count=%d dirs=%s",
+                    len(removed),
+                    ",".join(str(p.relative_to(self.workdirs.root)) for p in removed),
+                )
+
+    def _dirs_in_use(self) -> set[Path]:
+        return {
+            self.workdirs.root_of(run.task.agent.name, run.task.issue.key)
+            for run in self.runs.values()
+        }
+
+    async def _categories(self, keys: list[str]) -> dict[str, str]:
+        categories: dict[str, str] = {}
+        for start in range(0, len(keys), 1000):
+            answer = await self.client.issue_states(self.runtime_id, keys[start : start + 1000])
+            categories.update(answer.categories)
+        return categories
 
     def _cancel(self, task_ids: list[str]) -> None:
         for task_id in task_ids:

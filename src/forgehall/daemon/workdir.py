@@ -9,6 +9,7 @@ Layout under ``FORGEHALL_DAEMON_WORKDIR``::
     <agent>/<issue-key>/repos/<name> worktrees of the other repositories, same branch
     <agent>/<issue-key>/tmp/         the agent's TMPDIR
     <agent>/<issue-key>/logs/        transcript (JSON lines) and stderr of every attempt
+    <agent>/<issue-key>/.last_used   touched when a task starts there (for the collector)
 
 One directory per (agent, issue): the server runs at most one task per (agent, issue) at
 a time, so concurrent tasks never share a worktree, and a follow-up finds the previous
@@ -19,16 +20,20 @@ A clone or fetch that fails because the git host could not be reached raises
 :class:`WorkspaceError` with ``retryable=True`` (reported as ``runtime_offline``: another
 attempt, perhaps on another runtime, may succeed); any other git failure (no such
 repository, no access, no such branch) is final (``agent_error``) so that a person looks.
+
+:class:`Collector` removes the directories of finished issues (see its docstring).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import os
 import re
 import shutil
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +121,10 @@ class Workdirs:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.cache = root / ".repos"  # agent names start with a letter or digit: no clash
+        self.layout_lock = asyncio.Lock()  # a directory is never prepared while collected
+
+    def root_of(self, agent: str, issue_key: str) -> Path:
+        return self.root / safe_segment(agent) / safe_segment(issue_key)
 
     def _cache_path(self, repo: ClaimedRepository) -> Path:
         digest = hashlib.sha256(repo.url.encode()).hexdigest()[:12]
@@ -165,11 +174,13 @@ class Workdirs:
         self, agent: str, issue_key: str, repositories: list[ClaimedRepository], brief_file: str
     ) -> TaskDir:
         agent_part, key_part = safe_segment(agent), safe_segment(issue_key)
-        root = self.root / agent_part / key_part
+        root = self.root_of(agent, issue_key)
         branch = f"forgehall/{agent_part}/{key_part}"
         work, tmp, logs = root / "work", root / "tmp", root / "logs"
-        for directory in (root, tmp, logs):
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        async with self.layout_lock:
+            for directory in (root, tmp, logs):
+                directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            (root / LAST_USED).touch()
         extra: dict[str, Path] = {}
         if repositories:
             await self._worktree(repositories[0], work, branch)
@@ -200,3 +211,107 @@ class Workdirs:
             lines = exclude.read_text().splitlines() if exclude.exists() else []
             if f"/{name}" not in lines:
                 exclude.write_text("\n".join([*lines, f"/{name}"]) + "\n")
+
+
+# --- garbage collection ---------------------------------------------------------------
+
+LAST_USED = ".last_used"  # touched when a task starts in the directory
+FINISHED = frozenset({"done", "cancelled"})
+
+
+@dataclass(frozen=True)
+class TaskDirState:
+    root: Path
+    agent: str
+    issue_key: str
+    idle_seconds: float  # since the last task started or wrote a log line here
+
+
+def _last_use(root: Path) -> float:
+    times = [p.stat().st_mtime for p in (root / LAST_USED, root / "logs") if p.exists()]
+    logs = root / "logs"
+    if logs.is_dir():
+        times.extend(entry.stat().st_mtime for entry in logs.iterdir())
+    return max(times, default=root.stat().st_mtime)
+
+
+class Collector:
+    """Removes the task directories nobody needs any more, then tidies the caches.
+
+    A directory goes when its issue is finished (a done or cancelled status category,
+    asked of the server) and it was not used for ``after`` seconds, or when it was not
+    used for ``max_age`` seconds whatever its issue (an issue of another workspace, or
+    deleted). A directory some task uses (``in_use``) never goes. Its worktrees are
+    removed through git (``git worktree remove --force``, so the caches forget them);
+    the branches stay in the bare caches, so commits that were never pushed are not
+    lost. Then each cache gets ``git worktree prune`` and ``git gc --auto``.
+    """
+
+    def __init__(self, workdirs: Workdirs, *, after: float, max_age: float) -> None:
+        self.workdirs = workdirs
+        self.after = after
+        self.max_age = max_age
+
+    def task_dirs(self, now: float) -> list[TaskDirState]:
+        found = []
+        root = self.workdirs.root
+        if not root.is_dir():
+            return []
+        for agent_dir in sorted(root.iterdir()):
+            if agent_dir.name.startswith(".") or not agent_dir.is_dir():
+                continue
+            for task_dir in sorted(agent_dir.iterdir()):
+                if task_dir.is_dir():
+                    idle = now - _last_use(task_dir)
+                    found.append(TaskDirState(task_dir, agent_dir.name, task_dir.name, idle))
+        return found
+
+    async def collect(
+        self,
+        *,
+        in_use: Callable[[], set[Path]],
+        categories: Callable[[list[str]], Awaitable[dict[str, str]]],
+        now: float,
+    ) -> list[Path]:
+        """One pass; returns the directories removed."""
+        candidates = [d for d in self.task_dirs(now) if d.idle_seconds >= self.after]
+        if not candidates:
+            await self._tidy_caches()
+            return []
+        asked = sorted({d.issue_key for d in candidates if d.idle_seconds < self.max_age})
+        known = await categories(asked) if asked else {}
+        removed = []
+        for state in candidates:
+            expired = state.idle_seconds >= self.max_age
+            if not expired and known.get(state.issue_key) not in FINISHED:
+                continue
+            async with self.workdirs.layout_lock:
+                if state.root in in_use():
+                    continue
+                await self._remove(state.root)
+            removed.append(state.root)
+        await self._tidy_caches()
+        return removed
+
+    async def _remove(self, root: Path) -> None:
+        trees = [root / "work", *sorted((root / "repos").glob("*"))]
+        for tree in trees:
+            if not (tree / ".git").is_file():
+                continue  # not a linked worktree (the empty repository of no repositories)
+            try:
+                common = (await _git("rev-parse", "--git-common-dir", cwd=tree)).strip()
+                cache = Path(common) if Path(common).is_absolute() else (tree / common).resolve()
+                await _git("worktree", "remove", "--force", "--force", str(tree), cwd=cache)
+            except WorkspaceError:
+                pass  # a broken worktree: deleting the directory is all that is left to do
+        shutil.rmtree(root, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            root.parent.rmdir()  # the agent's directory, when it was the last one
+
+    async def _tidy_caches(self) -> None:
+        if not self.workdirs.cache.is_dir():
+            return
+        for cache in sorted(self.workdirs.cache.glob("*.git")):
+            with contextlib.suppress(WorkspaceError):
+                await _git("worktree", "prune", cwd=cache)
+                await _git("gc", "--auto", "--quiet", cwd=cache)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -209,6 +210,26 @@ async def get_issue_or_404(session: AsyncSession, access: Access, key: str) -> I
     if issue is None:
         raise ProblemError(404, f"issue {key} was not found")
     return issue
+
+
+async def status_categories(
+    session: AsyncSession, access: Access, keys: Sequence[str]
+) -> dict[str, str]:
+    """The status category of each key naming an issue of this workspace (others are
+    left out: another workspace's prefix, a malformed key, a number never used)."""
+    numbers: dict[int, str] = {}
+    for key in keys:
+        match = KEY.match(key)
+        if match and match.group(1).upper() == access.workspace.key_prefix:
+            numbers[int(match.group(2))] = key
+    if not numbers:
+        return {}
+    rows = await session.execute(
+        select(Issue.number, Status.category)
+        .join(Status, Status.id == Issue.status_id)
+        .where(Issue.workspace_id == access.workspace.id, Issue.number.in_(list(numbers)))
+    )
+    return {numbers[number]: category for number, category in rows.all()}
 
 
 def issue_key(access: Access, issue: Issue) -> str:
