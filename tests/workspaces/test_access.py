@@ -183,7 +183,7 @@ async def test_every_other_route_requires_authentication(app: FastAPI) -> None:
     assert checked > 25
 
 
-async def test_admin_routes_refuse_non_admins_and_user_routes_refuse_daemon_tokens(
+async def test_admin_routes_refuse_non_admins_and_daemon_tokens_only_speak_the_protocol(
     app: FastAPI, db: Database, world: dict[str, Person]
 ) -> None:
     from forgehall.identity import service as identity
@@ -207,7 +207,9 @@ async def test_admin_routes_refuse_non_admins_and_user_routes_refuse_daemon_toke
                         method, path, json=body, headers=world["member"].headers
                     )
                     assert response.status_code == 403, f"{method} {route.path}"
-                if route.path.startswith(("/api/v1/me", "/api/v1/admin")):
+                if route.path.startswith(("/api/v1/me", "/api/v1/admin")) or (
+                    "{workspace}" in route.path
+                ):
                     response = await client.request(method, path, json=body, headers=daemon_headers)
                     assert response.status_code == 403, f"{method} {route.path} (daemon)"
                     assert response.json()["type"] == "/problems/wrong-token-kind"

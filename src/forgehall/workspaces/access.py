@@ -63,13 +63,22 @@ async def resolve_access(
     workspace: str, principal: CurrentPrincipal, session: SessionDep
 ) -> Access:
     """Find ``workspace`` among those the caller may see; 404 otherwise."""
+    if principal.kind == "dmn":
+        # A daemon token is for the daemon protocol only: a stolen one must not read or
+        # change the board (the daemon acts on the board with each task's own token).
+        raise ProblemError(
+            403,
+            "a daemon token works only on the daemon protocol (/api/v1/daemon/…); use a "
+            "personal access token here",
+            type_="wrong-token-kind",
+        )
     query = select(Workspace).where(or_(Workspace.slug == workspace, Workspace.id == workspace))
     found = await session.scalar(query)
     if found is None:
         raise ProblemError(404, f"workspace {workspace} was not found")
-    if principal.kind in ("dmn", "tsk"):
-        # A token acts for the workspace it is bound to, and only while the person who
-        # minted it is still a member there.
+    if principal.kind == "tsk":
+        # A task token acts for the workspace it is bound to, and only while the person
+        # who minted it is still a member there.
         minter = await session.get(Member, (found.id, principal.user.id))
         if principal.workspace_id != found.id or minter is None:
             raise ProblemError(404, f"workspace {workspace} was not found")
