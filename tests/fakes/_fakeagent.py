@@ -221,6 +221,7 @@ def run(fake: Fake, argv: list[str] | None = None) -> int:
     )  # fmt: skip
     if not prompt.strip():
         fail(fake, "no prompt given")
+    time.sleep(float(os.environ.get("FAKE_AGENT_DELAY", "0")))  # a slow CLI start
     if mode == "comment":
         post_comment(fake)
     try:

@@ -226,6 +226,7 @@ class TaskRun:
             return
         process = self.process
         self._started_at = datetime.now(UTC).isoformat()
+        self._last_output = time.monotonic()  # the idle clock starts with the agent, not the clone
         self.data.hold(
             HeldTask(
                 task_id=task.id,
@@ -409,13 +410,14 @@ class TaskRun:
         elif reason == "idle":
             self._journal_fail(
                 "agent_error",
-                f"no output for {self.config.idle_timeout:g} s: stopped\n{self._stderr_tail()}",
+                f"no output for {self.config.idle_timeout:g} s (the idle timeout, "
+                f"FORGEHALL_DAEMON_IDLE_TIMEOUT): stopped\n{self._stderr_tail()}",
             )
         elif reason == "timeout":
             self._journal_fail(
                 "agent_error",
-                f"still running after {self.config.task_timeout:g} s: stopped\n"
-                + self._stderr_tail(),
+                f"still running after {self.config.task_timeout:g} s (the task timeout, "
+                f"FORGEHALL_DAEMON_TASK_TIMEOUT): stopped\n" + self._stderr_tail(),
             )
         elif exit_code != 0 or outcome.error:
             detail = f"{self.task.agent.provider} exited with status {exit_code}"
