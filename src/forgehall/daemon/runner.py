@@ -275,6 +275,10 @@ class TaskRun:
         assert self.process is not None
         assert self.process.stdin is not None
         stdin = self.process.stdin
+        if stdin.is_closing():  # closed after the prompt (a one-shot CLI), or the agent is gone
+            if lines:
+                log.warning("agent.stdin_closed task_id=%s lost=%d", self.id, len(lines))
+            return
         try:
             for line in lines:
                 stdin.write(line.encode() if line.endswith("\n") else (line + "\n").encode())
