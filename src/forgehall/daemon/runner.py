@@ -166,6 +166,7 @@ class TaskRun:
                 "agent_error", f"this runtime has no adapter for provider {task.agent.provider!r}"
             )
             return
+        preparing = time.monotonic()
         try:
             taskdir = await self.workdirs.prepare(
                 task.agent.name, task.issue.key, task.repositories, provider.brief_file
@@ -177,6 +178,11 @@ class TaskRun:
                 f"could not prepare the workspace: {exc}",
             )
             return
+        log.info(
+            "task.workspace_ready task_id=%s seconds=%.3f",
+            task.id,
+            time.monotonic() - preparing,
+        )
         if self.stop_reason is not None:
             self._journal_stopped()
             return
