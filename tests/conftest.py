@@ -218,15 +218,21 @@ async def database_url(
 ) -> AsyncIterator[str]:
     """The URL of a fresh, migrated database of the test's backend."""
     if backend == "sqlite":
-        template: Path = request.getfixturevalue("sqlite_template")
-        path = tmp_path / "forgehall.db"
-        shutil.copyfile(template, path)
-        yield f"sqlite:///{path}"
+        yield request.getfixturevalue("sqlite_database_url")
         return
     templates: PostgresTemplates = request.getfixturevalue("pg_templates")
     url = await templates.clone()
     yield url
     await templates.drop(url)
+
+
+@pytest.fixture
+def sqlite_database_url(sqlite_template: Path, tmp_path: Path) -> str:
+    """The URL of a fresh, migrated SQLite database, for tests whose subject does not
+    depend on the database (the daemon's failure paths): they run once, not per backend."""
+    path = tmp_path / "forgehall.db"
+    shutil.copyfile(sqlite_template, path)
+    return f"sqlite:///{path}"
 
 
 @pytest.fixture

@@ -59,13 +59,30 @@ def make_origin(path: Path) -> Path:
     return path
 
 
-def alive(pid: int) -> bool:
-    """Running (a zombie waiting for its reaper counts as gone)."""
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """``/proc/<pid>/stat`` after the command name (state, ppid, pgrp, …); None if gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+        return None
+    return stat.rsplit(")", 1)[1].split()
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for its reaper counts as gone)."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live (non-zombie) processes of a process group."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(entry.name)
+            if fields is not None and fields[0] != "Z" and int(fields[2]) == pgid:
+                members.append(int(entry.name))
+    return members
 
 
 @dataclass
@@ -77,9 +94,9 @@ class Board:
     origin: Path
     agents: dict[str, str] = field(default_factory=dict)  # name -> id
 
-    def add_agent(self, name: str, **env: str) -> str:
+    def add_agent(self, name: str, provider: str = "claude", **env: str) -> str:
         response = self.api.post(
-            f"{WS}/agents", json={"name": name, "provider": "claude", "env": env}
+            f"{WS}/agents", json={"name": name, "provider": provider, "env": env}
         )
         assert response.status_code == 201, response.text
         self.agents[name] = response.json()["id"]
@@ -115,6 +132,18 @@ class Board:
     def messages(self, task_id: str) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self.api.get(f"{WS}/tasks/{task_id}/messages").json()
         return rows
+
+    def all_messages(self, task_id: str) -> list[dict[str, Any]]:
+        """The whole transcript of the latest attempt, page by page."""
+        rows: list[dict[str, Any]] = []
+        while True:
+            after = rows[-1]["seq"] if rows else 0
+            page = self.api.get(
+                f"{WS}/tasks/{task_id}/messages", params={"after": after, "limit": 1000}
+            ).json()
+            if not page:
+                return rows
+            rows.extend(page)
 
     def issue(self, key: str) -> dict[str, Any]:
         data: dict[str, Any] = self.api.get(f"{WS}/issues/{key}").json()
@@ -188,6 +217,15 @@ class DaemonProcess:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def send(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
     def health(self) -> dict[str, Any] | None:
         try:
             where = json.loads((self.data_dir / "health.json").read_text())
@@ -230,10 +268,10 @@ class DaemonProcess:
             return []
         return [json.loads(line) for line in self.fake_log.read_text().splitlines() if line]
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [PYTHON, "-m", "forgehall", "daemon", *args],
-            env=self.env,
+            env={**self.env, **env},
             capture_output=True,
             text=True,
             timeout=60,

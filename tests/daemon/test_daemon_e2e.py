@@ -108,6 +108,7 @@ def test_an_assigned_issue_is_worked_on_and_completed(board: Board) -> None:
         status = daemon.cli("status", "--json")
         assert status.returncode == 0, status.stderr
         assert json.loads(status.stdout)["status"] == "running"
+        assert " WARNING " not in daemon.output(), "clean runs log no warning"
     finally:
         assert daemon.stop() == 0, daemon.output()
     assert "daemon.stopped" in daemon.output()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+STARTED = time.time()  # as early as the engine can see it: for spawn-latency measurements
 STREAMS = Path(__file__).resolve().parent.parent / "daemon" / "streams"
 MODES = ("ok", "malformed", "crash", "hang", "long", "huge", "comment", "spawn")
 GARBAGE = (
@@ -105,6 +106,7 @@ def record(fake: Fake, argv: list[str], **facts: Any) -> None:
     entry = {
         "binary": fake.name,
         "pid": os.getpid(),
+        "started": STARTED,
         "argv": argv,
         "cwd": os.getcwd(),
         "env": selected_env(),
@@ -221,6 +223,7 @@ def run(fake: Fake, argv: list[str] | None = None) -> int:
     )  # fmt: skip
     if not prompt.strip():
         fail(fake, "no prompt given")
+    time.sleep(float(os.environ.get("FAKE_AGENT_DELAY", "0")))  # a slow CLI start
     if mode == "comment":
         post_comment(fake)
     try:

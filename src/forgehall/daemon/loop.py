@@ -15,8 +15,9 @@ is replayed instead; then ``running``: three loops side by side.
 An unreachable server is retried with exponential backoff and jitter (capped at 15 s, well
 inside the 60 s lease); a reconnect wakes the journal delivery. SIGTERM (or SIGINT)
 drains: no more claims (``draining``), running tasks get ``FORGEHALL_DAEMON_DRAIN_SECONDS``
-to finish, the rest are stopped and reported ``runtime_offline`` (retried elsewhere); the
-journal gets a last chance to be delivered; what is left is replayed at the next start.
+to finish, the rest are stopped and reported ``runtime_offline`` (back to the queue,
+claimable after its backoff); the journal gets a last chance to be delivered; what is left
+is replayed at the next start.
 A second signal skips the grace period.
 """
 

@@ -166,6 +166,7 @@ class TaskRun:
                 "agent_error", f"this runtime has no adapter for provider {task.agent.provider!r}"
             )
             return
+        preparing = time.monotonic()
         try:
             taskdir = await self.workdirs.prepare(
                 task.agent.name, task.issue.key, task.repositories, provider.brief_file
@@ -177,6 +178,11 @@ class TaskRun:
                 f"could not prepare the workspace: {exc}",
             )
             return
+        log.info(
+            "task.workspace_ready task_id=%s seconds=%.3f",
+            task.id,
+            time.monotonic() - preparing,
+        )
         if self.stop_reason is not None:
             self._journal_stopped()
             return
@@ -226,6 +232,7 @@ class TaskRun:
             return
         process = self.process
         self._started_at = datetime.now(UTC).isoformat()
+        self._last_output = time.monotonic()  # the idle clock starts with the agent, not the clone
         self.data.hold(
             HeldTask(
                 task_id=task.id,
@@ -274,6 +281,10 @@ class TaskRun:
         assert self.process is not None
         assert self.process.stdin is not None
         stdin = self.process.stdin
+        if stdin.is_closing():  # closed after the prompt (a one-shot CLI), or the agent is gone
+            if lines:
+                log.warning("agent.stdin_closed task_id=%s lost=%d", self.id, len(lines))
+            return
         try:
             for line in lines:
                 stdin.write(line.encode() if line.endswith("\n") else (line + "\n").encode())
@@ -409,13 +420,14 @@ class TaskRun:
         elif reason == "idle":
             self._journal_fail(
                 "agent_error",
-                f"no output for {self.config.idle_timeout:g} s: stopped\n{self._stderr_tail()}",
+                f"no output for {self.config.idle_timeout:g} s (the idle timeout, "
+                f"FORGEHALL_DAEMON_IDLE_TIMEOUT): stopped\n{self._stderr_tail()}",
             )
         elif reason == "timeout":
             self._journal_fail(
                 "agent_error",
-                f"still running after {self.config.task_timeout:g} s: stopped\n"
-                + self._stderr_tail(),
+                f"still running after {self.config.task_timeout:g} s (the task timeout, "
+                f"FORGEHALL_DAEMON_TASK_TIMEOUT): stopped\n" + self._stderr_tail(),
             )
         elif exit_code != 0 or outcome.error:
             detail = f"{self.task.agent.provider} exited with status {exit_code}"

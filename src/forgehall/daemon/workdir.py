@@ -198,11 +198,12 @@ class Workdirs:
 
     async def _exclude(self, tree: Path, name: str) -> None:
         """Keep the brief out of git: the worktree's own info/exclude."""
-        git_dir = Path((await _git("rev-parse", "--absolute-git-dir", cwd=tree)).strip())
         # A linked worktree's git dir is <cache>/worktrees/<name>; info/exclude is read
         # from the common dir, which is shared by all worktrees of the cache: fine, the
         # brief's name is the same for every task of a provider.
-        common = Path((await _git("rev-parse", "--git-common-dir", cwd=tree)).strip())
+        answer = await _git("rev-parse", "--absolute-git-dir", "--git-common-dir", cwd=tree)
+        git_dir_text, common_text = answer.splitlines()[:2]
+        git_dir, common = Path(git_dir_text.strip()), Path(common_text.strip())
         if not common.is_absolute():
             common = (tree / common).resolve()
         for directory in {git_dir, common}:
