@@ -731,3 +731,46 @@ async def test_issue_states_tell_the_daemon_which_worktrees_it_may_remove(
         f"/runtimes/{daemon.runtime_id}/issue-states", {"keys": ["ENG-1"] * 1001}
     )
     assert too_many.status_code == 422
+
+
+async def test_a_task_no_online_runtime_can_run_fails_with_a_clear_reason(
+    api: httpx.AsyncClient, world: World, db: Database
+) -> None:
+    from forgehall.agents.models import Runtime
+
+    daemon = await new_daemon(api, world)  # advertises claude only
+    created = await api.post(
+        f"{WS}/agents", headers=world.owner.headers, json={"name": "gem", "provider": "gemini"}
+    )
+    assert created.status_code == 201, created.text
+    issue = await new_issue(api, world, assignee={"kind": "agent", "id": created.json()["id"]})
+    (task,) = await tasks(db)
+
+    async def age(**values: Any) -> None:
+        async with db.session() as session:
+            await session.execute(update(Task).values(**values))
+            await session.commit()
+
+    assert await dispatch.fail_unrunnable(db, None) == [], "queued moments ago: it waits"
+    await age(created_at=datetime.now(UTC) - timedelta(minutes=3))
+    async with db.session() as session:  # nobody online at all: it keeps waiting
+        await session.execute(
+            update(Runtime).values(last_heartbeat_at=datetime.now(UTC) - timedelta(hours=1))
+        )
+        await session.commit()
+    assert await dispatch.fail_unrunnable(db, None) == []
+    hb = await daemon.post(f"/runtimes/{daemon.runtime_id}/heartbeat")
+    assert hb.status_code == 200
+
+    assert await dispatch.fail_unrunnable(db, None) == [task.id]
+    (failed,) = await tasks(db)
+    assert (failed.status, failed.failure_class) == ("failed", "agent_error")
+    assert "provider 'gemini'" in (failed.failure_detail or "")
+    assert "host-d1 (claude)" in (failed.failure_detail or ""), failed.failure_detail
+    comments = (
+        await api.get(f"{WS}/issues/{issue['key']}/comments", headers=world.owner.headers)
+    ).json()
+    assert any("gemini" in c["body"] for c in comments), comments
+    shown = (await api.get(f"{WS}/issues/{issue['key']}", headers=world.owner.headers)).json()
+    assert shown["status"]["category"] == "todo"
+    assert await dispatch.fail_unrunnable(db, None) == [], "nothing twice"

@@ -25,7 +25,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 import structlog
@@ -49,6 +49,7 @@ from forgehall.agents.schemas import (
 from forgehall.agents.service import (
     RUNTIME_OFFLINE_AFTER,
     agent_env,
+    eligible_runtimes,
     get_agent_or_404,
     runtime_providers,
 )
@@ -615,10 +616,91 @@ async def expire_leases(db: Database, bus: EventBus | None) -> list[str]:
     return [t.id for t in tasks]
 
 
+#: How long a queued task waits for a runtime able to run it while others are online.
+UNRUNNABLE_AFTER = timedelta(minutes=2)
+
+
+async def fail_unrunnable(db: Database, bus: EventBus | None) -> list[str]:
+    """Fail the queued tasks no online runtime can run: some runtime of the agent's pool is
+    online, none has the agent's provider, and that has been so for ``UNRUNNABLE_AFTER``
+    since the task was queued (time for a daemon with that CLI to come up). With no
+    runtime online at all a task waits — the agent shows ``offline`` meanwhile."""
+    moment = _now()
+    outbox = Outbox()
+    async with db.session() as session:
+        waiting = list(
+            (
+                await session.execute(
+                    select(Task)
+                    .where(Task.status == "queued", Task.created_at < moment - UNRUNNABLE_AFTER)
+                    .order_by(Task.created_at)
+                    .limit(500)
+                    .with_for_update(skip_locked=True)
+                )
+            ).scalars()
+        )
+        if not waiting:
+            await session.commit()
+            return []
+        agents = {
+            a.id: a
+            for a in (
+                await session.execute(
+                    select(Agent).where(Agent.id.in_({t.agent_id for t in waiting}))
+                )
+            ).scalars()
+        }
+        runtimes = list(
+            (
+                await session.execute(
+                    select(Runtime).where(
+                        Runtime.workspace_id.in_({t.workspace_id for t in waiting}),
+                        Runtime.last_heartbeat_at >= moment - RUNTIME_OFFLINE_AFTER,
+                    )
+                )
+            ).scalars()
+        )
+        failed = []
+        for task in waiting:
+            agent = agents.get(task.agent_id)
+            if agent is None:
+                continue
+            pool = set(json.loads(agent.runtime_pool or "[]"))
+            online = [
+                r
+                for r in runtimes
+                if r.workspace_id == agent.workspace_id and (not pool or r.id in pool)
+            ]
+            if not online or eligible_runtimes(agent, online, moment):
+                continue
+            names = ", ".join(
+                f"{r.machine or r.daemon_id} ({', '.join(sorted(runtime_providers(r))) or 'none'})"
+                for r in online
+            )
+            queue.fail_queued(
+                task,
+                "agent_error",
+                f"no online runtime can run provider {agent.provider!r}: the runtimes of this "
+                f"agent's pool have {names}. Install the {agent.provider} CLI on one of them "
+                "(`forgehall daemon providers` shows what a daemon found), or change the "
+                "agent's provider, then run the task again.",
+            )
+            failed.append(task)
+        if failed:
+            await session.flush()
+            await _stopped(session, failed, outbox)
+        await session.commit()
+    await outbox.publish(bus)
+    if failed:
+        log.warning("tasks.unrunnable", task_ids=[t.id for t in failed])
+    return [t.id for t in failed]
+
+
 class TaskWatchdog(BackgroundService):
     """Recovers the tasks of runtimes that died: a lease not renewed in time is retried
     with backoff (``lease_expired``, retryable) or, after ``max_attempts``, failed for
-    good — with the failure commented on its issue."""
+    good — with the failure commented on its issue. It also fails the queued tasks no
+    online runtime can run (:func:`fail_unrunnable`)."""
 
     name: ClassVar[str] = "task-watchdog"
     default_interval: ClassVar[float] = 5.0
@@ -634,6 +716,7 @@ class TaskWatchdog(BackgroundService):
         if time.monotonic() - self._since < STARTUP_GRACE_SECONDS:
             return
         await expire_leases(self.db, self.bus)
+        await fail_unrunnable(self.db, self.bus)
 
 
 # --- tasks for members ----------------------------------------------------------------------

@@ -427,6 +427,13 @@ async def complete_many(
     return done, await _refusals(session, leases, {t.id for t in tasks}, allowed)
 
 
+def fail_queued(task: Task, failure_class: str, detail: str) -> None:
+    """End a task that never left the queue (nothing could run it)."""
+    _finish(task, "failed")
+    task.failure_class, task.failure_detail = failure_class, detail[:4000]
+    log.info("task.failed", task_id=task.id, failure_class=failure_class)
+
+
 def _finish(task: Task, status: str) -> None:
     task.status, task.finished_at = status, now()
     task.lease_token, task.lease_expires_at = None, None
