@@ -367,6 +367,8 @@ class Daemon:
             self._cancel(answer.cancel)
             for task in answer.tasks:
                 self._start_task(task)
+            if not answer.tasks and self.config.claim_wait < 1:
+                await self._sleep(1.0)  # no long poll: do not ask again at once
 
     def _start_task(self, task: ClaimedTask) -> None:
         self.data.hold(
