@@ -159,6 +159,14 @@ def start_board(
 ) -> Board:
     env = base_env(tmp, DATABASE_URL=database_url, **server_env)
     server = ServerProcess(tmp, env=dict(env), command=command).start()
+    try:
+        return _set_up_board(tmp, server, env)
+    except BaseException:
+        server.stop()  # never leave a server running behind a failed set-up
+        raise
+
+
+def _set_up_board(tmp: Path, server: ServerProcess, env: dict[str, str]) -> Board:
     server.wait_ready()
     token = admin_token(server, env)
     api = httpx.Client(
