@@ -308,6 +308,9 @@ async def test_expired_token_is_refused(api: httpx.AsyncClient, db: Database) ->
     assert "expired" in response.json()["detail"]
 
 
+RUNTIME = {"daemon_id": "box-1", "machine": "box", "providers": {"claude": "2.0.1"}}
+
+
 async def test_daemon_tokens_reach_only_their_workspace(
     api: httpx.AsyncClient, db: Database
 ) -> None:
@@ -325,14 +328,23 @@ async def test_daemon_tokens_reach_only_their_workspace(
     token = minted.json()["token"]
     assert token.startswith("fh_dmn_")
     daemon = {"authorization": f"Bearer {token}"}
-    assert (await api.get("/api/v1/workspaces/team", headers=daemon)).status_code == 200
-    assert (await api.get("/api/v1/workspaces/other", headers=daemon)).status_code == 404
-    wrong_kind = await api.get("/api/v1/me", headers=daemon)
-    assert wrong_kind.status_code == 403
-    assert wrong_kind.json()["type"] == "/problems/wrong-token-kind"
+    # It speaks the daemon protocol, for its own workspace...
+    registered = await api.post("/api/v1/daemon/runtimes", headers=daemon, json=RUNTIME)
+    assert registered.status_code == 200, registered.text
     assert (
-        await api.patch("/api/v1/workspaces/team", headers=daemon, json={"name": "x"})
-    ).status_code == 403
+        registered.json()["workspace_id"]
+        == (await api.get("/api/v1/workspaces/team", headers=owner.headers)).json()["id"]
+    )
+    # ... and nothing else: not its own workspace's board, not another's, not /me.
+    for method, path in [
+        ("GET", "/api/v1/workspaces/team"),
+        ("PATCH", "/api/v1/workspaces/team"),
+        ("GET", "/api/v1/workspaces/other"),
+        ("GET", "/api/v1/me"),
+    ]:
+        refused = await api.request(method, path, headers=daemon, json={"name": "x"})
+        assert refused.status_code == 403, (method, path)
+        assert refused.json()["type"] == "/problems/wrong-token-kind"
 
 
 async def test_daemon_tokens_die_with_their_minters_membership_and_manage_no_one(
@@ -343,10 +355,13 @@ async def test_daemon_tokens_die_with_their_minters_membership_and_manage_no_one
         "/api/v1/workspaces/team/daemon-tokens", headers=admin.headers, json={"name": "box"}
     )
     daemon = {"authorization": f"Bearer {minted.json()['token']}"}
-    assert (await api.get("/api/v1/workspaces/team", headers=daemon)).status_code == 200
+    registered = await api.post("/api/v1/daemon/runtimes", headers=daemon, json=RUNTIME)
+    assert registered.status_code == 200, registered.text
     removal = await api.delete(f"/api/v1/workspaces/team/members/{admin.user.id}", headers=daemon)
     assert removal.status_code == 403, "a daemon token may not remove (or 'leave' as) anyone"
     assert (
         await api.delete(f"/api/v1/workspaces/team/members/{admin.user.id}", headers=owner.headers)
     ).status_code == 204
-    assert (await api.get("/api/v1/workspaces/team", headers=daemon)).status_code == 404
+    orphaned = await api.post("/api/v1/daemon/runtimes", headers=daemon, json=RUNTIME)
+    assert orphaned.status_code == 403
+    assert orphaned.json()["type"] == "/problems/daemon-token-orphaned"
