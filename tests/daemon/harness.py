@@ -188,9 +188,16 @@ def _set_up_board(tmp: Path, server: ServerProcess, env: dict[str, str]) -> Boar
 
 class DaemonProcess:
     def __init__(
-        self, board: Board, *, name: str = "daemon", data_dir: Path | None = None, **extra: str
+        self,
+        board: Board,
+        *,
+        name: str = "daemon",
+        data_dir: Path | None = None,
+        prefix: tuple[str, ...] = (),
+        **extra: str,
     ) -> None:
         self.board = board
+        self.prefix = prefix  # a command the daemon runs under (e.g. unshare … exec "$0")
         self.data_dir = data_dir or board.tmp / f"{name}-data"
         self.work_dir = board.tmp / "work"
         self.fake_log = board.tmp / "fake-agents.jsonl"
@@ -214,7 +221,7 @@ class DaemonProcess:
     def start(self) -> DaemonProcess:
         self._out = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "forgehall", "daemon"],
+            [*self.prefix, PYTHON, "-m", "forgehall", "daemon"],
             env=self.env,
             stdout=self._out,
             stderr=subprocess.STDOUT,

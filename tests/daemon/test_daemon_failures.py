@@ -352,3 +352,33 @@ def test_preparing_the_workspace_does_not_count_as_the_agents_silence(board: Boa
         assert done["status"] == "completed", (done, daemon.output())
     finally:
         assert daemon.stop() == 0, daemon.output()
+
+
+def test_a_full_disk_fails_the_attempt_cleanly_and_gives_the_task_back(board: Board) -> None:
+    """The work directory is an 8 KiB tmpfs, mounted in a private mount namespace the
+    daemon runs in (``unshare``): a real full disk, for the daemon only."""
+    small = board.tmp / "small-disk"
+    small.mkdir()
+    mount_then_run = f'mount -t tmpfs -o size=8k tmpfs "{small}" && exec "$0" "$@"'
+    board.add_agent("claude", FAKE_AGENT_MODE="ok")
+    daemon = quick_daemon(board, FORGEHALL_DAEMON_WORKDIR=str(small))
+    daemon.prefix = ("unshare", "--map-root-user", "--mount", "sh", "-c", mount_then_run)
+    daemon.start()
+    try:
+        daemon.wait_running()
+        key = board.assign("Fill the disk", "claude")
+
+        def given_back() -> dict[str, Any] | None:
+            task = board.task(key)
+            return task if task and task["failure_class"] == "runtime_offline" else None
+
+        task = wait_for("the attempt to fail", given_back)
+        assert task["status"] == "queued", "retryable: perhaps another runtime has room"
+        assert task["attempt"] == 1
+        assert "the disk is full" in task["failure_detail"], task["failure_detail"]
+        assert "No space left on device" in task["failure_detail"]
+        assert daemon.health() is not None, "the daemon runs on"
+        assert daemon.fake_runs() == [], "no agent was started"
+        assert board.comments(key) == [], "not a final failure: no comment yet"
+    finally:
+        assert daemon.stop() == 0, daemon.output()

@@ -178,3 +178,21 @@ def test_the_collector_removes_worktrees_of_finished_issues_only(tmp_path: Path)
     # A follow-up on a collected issue starts from that branch again.
     again = asyncio.run(workdirs.prepare("claude", "ENG-1", [repo], "CLAUDE.md"))
     assert (again.work / "unpushed.txt").read_text() == "x"
+
+
+def test_a_full_disk_keeps_the_report_in_memory_and_still_delivers_it(tmp_path: Path) -> None:
+    """/dev/full answers every write with ENOSPC: the journal's temporary file pointing
+    there is a real full disk for that one write."""
+    data = DataDir(tmp_path / "daemon")
+    data.prepare()
+    entry = JournalEntry(task_id="t-full", lease_token="lease", kind="complete", body={})
+    (data.journal_dir / ".t-full.json.tmp").symlink_to("/dev/full")
+    (data.held_dir / ".t-full.json.tmp").symlink_to("/dev/full")
+
+    data.hold(HeldTask(task_id="t-full", lease_token="lease"))  # no crash: best effort
+    data.journal(entry)
+
+    assert list(data.journal_dir.iterdir()) == [], "nothing half-written is left"
+    assert [e.task_id for e in data.journal_entries()] == ["t-full"], "delivered from memory"
+    data.forget_journal("t-full")
+    assert data.journal_entries() == []

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -148,6 +149,18 @@ class TaskRun:
         )
         try:
             await self._run()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                log.exception("task.crashed task_id=%s", task.id)
+                self._journal_fail("runtime_offline", f"the daemon failed running it: {exc!r}")
+            else:
+                log.error("task.disk_full task_id=%s reason=%s", task.id, exc)
+                self._journal_fail(
+                    "runtime_offline",
+                    f"the disk of runtime {self.config.machine or 'this runtime'} is full "
+                    f"({exc.strerror}: {exc.filename or ''}); free space there — the task is "
+                    "retried, perhaps on another runtime",
+                )
         except Exception as exc:
             log.exception("task.crashed task_id=%s", task.id)
             self._journal_fail("runtime_offline", f"the daemon failed running it: {exc!r}")

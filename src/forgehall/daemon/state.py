@@ -22,15 +22,24 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+log = logging.getLogger("forgehall.daemon")
+
 
 class AlreadyRunning(Exception):
     """Another daemon holds the lock on this data directory."""
+
+
+def _discard_temporary(path: Path) -> None:
+    """Remove what a failed :func:`write_durably` left behind."""
+    with contextlib.suppress(OSError):
+        path.with_name(f".{path.name}.tmp").unlink()
 
 
 def write_json_durably(path: Path, data: Any) -> None:
@@ -93,6 +102,9 @@ class DataDir:
         self.held_dir = path / "held"
         self.journal_dir = path / "journal"
         self._lock_handle: TextIO | None = None
+        # Reports that could not be written (a full disk): delivered from memory, so the
+        # result still reaches the server while this process lives.
+        self._unsaved: dict[str, JournalEntry] = {}
 
     def prepare(self) -> None:
         for directory in (self.path, self.held_dir, self.journal_dir):
@@ -159,7 +171,14 @@ class DataDir:
     # --- tasks held ---------------------------------------------------------------------
 
     def hold(self, held: HeldTask) -> None:
-        write_json_durably(self.held_dir / f"{held.task_id}.json", asdict(held))
+        """Note a task as held (for the orphan report after a crash). Best effort: on a
+        full disk the task still runs; only that crash recovery is lost for it."""
+        path = self.held_dir / f"{held.task_id}.json"
+        try:
+            write_json_durably(path, asdict(held))
+        except OSError as exc:
+            _discard_temporary(path)
+            log.error("held.write_failed task_id=%s reason=%s", held.task_id, exc)
 
     def release(self, task_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -177,9 +196,21 @@ class DataDir:
     # --- the journal of terminal reports ----------------------------------------------------
 
     def journal(self, entry: JournalEntry) -> None:
-        write_json_durably(self.journal_dir / f"{entry.task_id}.json", asdict(entry))
+        path = self.journal_dir / f"{entry.task_id}.json"
+        try:
+            write_json_durably(path, asdict(entry))
+        except OSError as exc:
+            _discard_temporary(path)
+            self._unsaved[entry.task_id] = entry
+            log.error(
+                "journal.write_failed task_id=%s reason=%s: the report is kept in memory and "
+                "delivered from there (lost if the daemon stops before that)",
+                entry.task_id,
+                exc,
+            )
 
     def forget_journal(self, task_id: str) -> None:
+        self._unsaved.pop(task_id, None)
         with contextlib.suppress(FileNotFoundError):
             (self.journal_dir / f"{task_id}.json").unlink()
 
@@ -190,7 +221,8 @@ class DataDir:
                 found.append(JournalEntry(**json.loads(path.read_text(encoding="utf-8"))))
             except (OSError, ValueError, TypeError):
                 path.unlink(missing_ok=True)
-        return found
+        saved = {entry.task_id for entry in found}
+        return found + [e for task_id, e in self._unsaved.items() if task_id not in saved]
 
     # --- where the health endpoint listens ------------------------------------------------
 

@@ -95,6 +95,12 @@ async def _git(*args: str, cwd: Path | None = None, timeout: float = 600) -> str
         ) from None
     if process.returncode != 0:
         text = err.decode(errors="replace").strip()[-2000:]
+        if "no space left on device" in text.lower():
+            raise WorkspaceError(
+                f"git {args[0]} failed: the disk is full ({text}); free space on this "
+                "runtime — the task is retried, perhaps on another runtime",
+                retryable=True,
+            )
         raise WorkspaceError(
             f"git {' '.join(args[:2])} failed: {text}", retryable=bool(_NETWORK_ERRORS.search(text))
         )
