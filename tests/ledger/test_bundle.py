@@ -24,7 +24,9 @@ from forgehall.ledger.merkle import MerkleFrontier, leaf_hash
 ORIGIN = "forgehall.example/ledger/team"
 KEY = SigningKey.generate("forgehall.example")
 OTHER_KEY = SigningKey.generate("forgehall.example")
-ENTRIES = [canonical_json({"gate_id": f"g{i}", "result": "PASS", "text": "é" * i}) for i in range(20)]
+ENTRIES = [
+    canonical_json({"gate_id": f"g{i}", "result": "PASS", "text": "é" * i}) for i in range(20)
+]
 SIZES = (3, 8, 15, 20)
 
 
