@@ -161,6 +161,16 @@ def test_a_truncated_log_is_named(bundle: Path) -> None:
     # cut mid-file
     report = verify_bundle_file(rewrite(bundle, lines[: start + 12]))
     assert (report.ok, report.position) == (False, 12)
+    # records missing before a neat end (what a server missing rows exports)
+    report = verify_bundle_file(rewrite(bundle, [*lines[: start + 16], lines[-1]]))
+    assert (report.ok, report.position) == (False, 16)
+    assert "entries 16..19 were removed (truncated)" in (report.reason or "")
+    # only a stray comma
+    stray = list(lines)
+    stray[-2] = stray[-2].replace(b"}\n", b"},\n")
+    report = verify_bundle_file(rewrite(bundle, stray))
+    assert (report.ok, report.position) == (False, 20)
+    assert "a comma after the last record" in (report.reason or "")
 
 
 def test_a_forged_checkpoint_is_named(bundle: Path) -> None:

@@ -185,6 +185,7 @@ class _Verifier:
         self.frontier = MerkleFrontier()
         self.ended = False
         self.last_comma = True  # whether the last record line ended with a comma
+        self.stray_comma = False
 
     # -- header and checkpoints ----------------------------------------------------------
 
@@ -321,7 +322,9 @@ class _Verifier:
             end = len(raw) - 1 if raw[-1:] == b"\n" else len(raw)
             if end == 2 and raw.startswith(_END):
                 if self.last_comma and position > 0:
-                    raise _Bad(position, "a comma after the last record: the file was edited")
+                    # Not valid JSON; reported unless something worse explains it (records
+                    # missing after this one: the writer expected more).
+                    self.stray_comma = True
                 self.ended = True
                 return
             if not self.last_comma and position > 0:
@@ -457,6 +460,8 @@ class _Verifier:
                 f"trusted on {trusted.trusted_at}: history was rolled back or truncated "
                 "(or this is an older export than one verified before)",
             )
+        if self.stray_comma:
+            raise _Bad(count, "a comma after the last record: the file was edited")
         if size != count:
             raise _Bad(
                 min(size, count),
