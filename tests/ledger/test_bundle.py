@@ -1,25 +1,29 @@
 """Bundles: the exporter's layout verifies, and each kind of tampering is found at the
 first bad position and named — whether only an entry changed, or an entry together with
-everything an attacker could recompute without the signing key."""
+everything an attacker could recompute without the signing key. Every file check runs
+in this process and with worker processes reading small byte ranges (so records missing,
+moved or damaged at range edges are covered too): the reports must be the same."""
 
 from __future__ import annotations
 
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from forgehall.ledger import bundle as bundle_module
 from forgehall.ledger.bundle import (
     BundleFormatError,
     TrustedCheckpoint,
     entry_line,
-    verify_bundle_file,
     write_bundle,
 )
 from forgehall.ledger.canonical import canonical_json
 from forgehall.ledger.checkpoint import Checkpoint, SigningKey, open_checkpoint, sign_checkpoint
 from forgehall.ledger.merkle import MerkleFrontier, leaf_hash
+from forgehall.ledger.verify import VerificationReport
 
 ORIGIN = "forgehall.example/ledger/team"
 KEY = SigningKey.generate("forgehall.example")
@@ -54,12 +58,28 @@ def record(line: bytes) -> dict[str, object]:
     return value
 
 
+@pytest.fixture(params=[1, 2], ids=["serial", "workers"])
+def workers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    count: int = request.param
+    if count > 1:
+        monkeypatch.setattr(bundle_module, "_RANGE_SIZE", 700)  # about two records a range
+    return count
+
+
+@pytest.fixture
+def verify_bundle_file(workers: int):  # type: ignore[no-untyped-def]
+    def verify(path: Path, **kwargs: object) -> VerificationReport:
+        return bundle_module.verify_bundle_file(path, workers=workers, **kwargs)  # type: ignore[arg-type]
+
+    return verify
+
+
 @pytest.fixture
 def bundle(tmp_path: Path) -> Path:
     return build(tmp_path / "bundle.json")
 
 
-def test_a_bundle_verifies_and_is_plain_json(bundle: Path) -> None:
+def test_a_bundle_verifies_and_is_plain_json(bundle: Path, verify_bundle_file: Any) -> None:
     report = verify_bundle_file(bundle)
     assert report.ok, report.reason
     assert (report.entries, report.checkpoints, report.origin) == (20, 4, ORIGIN)
@@ -76,7 +96,9 @@ def test_a_bundle_verifies_and_is_plain_json(bundle: Path) -> None:
     assert report.summary().startswith("OK: 20 entries, 4 signed checkpoints verified")
 
 
-def test_a_reformatted_bundle_verifies_the_slow_way(bundle: Path, tmp_path: Path) -> None:
+def test_a_reformatted_bundle_verifies_the_slow_way(
+    bundle: Path, tmp_path: Path, verify_bundle_file: Any
+) -> None:
     pretty = tmp_path / "pretty.json"
     pretty.write_text(json.dumps(json.loads(bundle.read_bytes()), indent=2))
     report = verify_bundle_file(pretty)
@@ -90,7 +112,7 @@ def test_a_reformatted_bundle_verifies_the_slow_way(bundle: Path, tmp_path: Path
     assert "entry was changed" in (bad.reason or "")
 
 
-def test_an_empty_log_verifies(tmp_path: Path) -> None:
+def test_an_empty_log_verifies(tmp_path: Path, verify_bundle_file: Any) -> None:
     path = tmp_path / "empty.json"
     path.write_bytes(
         b'{"format":"forgehall-ledger-bundle/1","origin":"o","public_key":"'
@@ -102,7 +124,7 @@ def test_an_empty_log_verifies(tmp_path: Path) -> None:
     assert report.entries == 0
 
 
-def test_one_changed_byte_is_named_at_its_position(bundle: Path) -> None:
+def test_one_changed_byte_is_named_at_its_position(bundle: Path, verify_bundle_file: Any) -> None:
     lines = lines_of(bundle)
     at = first_entry_line(lines) + 9
     lines[at] = lines[at].replace(b'"PASS"', b'"PASs"')
@@ -112,7 +134,9 @@ def test_one_changed_byte_is_named_at_its_position(bundle: Path) -> None:
     assert report.summary().startswith("TAMPERED: position 9:")
 
 
-def test_a_change_with_a_recomputed_leaf_hash_is_caught_by_the_checkpoint(bundle: Path) -> None:
+def test_a_change_with_a_recomputed_leaf_hash_is_caught_by_the_checkpoint(
+    bundle: Path, verify_bundle_file: Any
+) -> None:
     lines = lines_of(bundle)
     at = first_entry_line(lines) + 9
     changed = ENTRIES[9].replace(b'"PASS"', b'"FAIL"')
@@ -123,7 +147,7 @@ def test_a_change_with_a_recomputed_leaf_hash_is_caught_by_the_checkpoint(bundle
     assert "checkpoint of size 15 signs another root" in (report.reason or "")
 
 
-def test_a_deleted_entry_is_named(bundle: Path) -> None:
+def test_a_deleted_entry_is_named(bundle: Path, verify_bundle_file: Any) -> None:
     lines = lines_of(bundle)
     del lines[first_entry_line(lines) + 5]
     report = verify_bundle_file(rewrite(bundle, lines))
@@ -131,7 +155,7 @@ def test_a_deleted_entry_is_named(bundle: Path) -> None:
     assert "position 6: 5 missing (1 entry removed" in (report.reason or "")
 
 
-def test_swapped_entries_are_named(bundle: Path) -> None:
+def test_swapped_entries_are_named(bundle: Path, verify_bundle_file: Any) -> None:
     lines = lines_of(bundle)
     at = first_entry_line(lines) + 5
     lines[at], lines[at + 1] = lines[at + 1], lines[at]
@@ -149,7 +173,7 @@ def test_swapped_entries_are_named(bundle: Path) -> None:
     assert "checkpoint of size 8 signs another root" in (report.reason or "")
 
 
-def test_a_truncated_log_is_named(bundle: Path) -> None:
+def test_a_truncated_log_is_named(bundle: Path, verify_bundle_file: Any) -> None:
     lines = lines_of(bundle)
     start = first_entry_line(lines)
     # the last four entries cut, the file closed again neatly
@@ -173,7 +197,7 @@ def test_a_truncated_log_is_named(bundle: Path) -> None:
     assert "a comma after the last record" in (report.reason or "")
 
 
-def test_a_forged_checkpoint_is_named(bundle: Path) -> None:
+def test_a_forged_checkpoint_is_named(bundle: Path, verify_bundle_file: Any) -> None:
     lines = lines_of(bundle)
     frontier = MerkleFrontier()
     frontier.extend(leaf_hash(e) for e in ENTRIES[:8])
@@ -184,7 +208,9 @@ def test_a_forged_checkpoint_is_named(bundle: Path) -> None:
     assert "checkpoint #2 is not signed by the bundle's own key" in (report.reason or "")
 
 
-def test_a_bundle_re_signed_with_another_key_fails_against_the_pinned_key(tmp_path: Path) -> None:
+def test_a_bundle_re_signed_with_another_key_fails_against_the_pinned_key(
+    tmp_path: Path, verify_bundle_file: Any
+) -> None:
     path = tmp_path / "other.json"
     with path.open("wb") as handle:
         write_bundle(handle, ORIGIN, OTHER_KEY, ENTRIES, SIZES)
@@ -204,7 +230,9 @@ def trusted_at(size: int, entries: list[bytes] = ENTRIES) -> TrustedCheckpoint:
     )
 
 
-def test_a_trusted_checkpoint_catches_a_rollback_and_a_rewrite(tmp_path: Path) -> None:
+def test_a_trusted_checkpoint_catches_a_rollback_and_a_rewrite(
+    tmp_path: Path, verify_bundle_file: Any
+) -> None:
     shorter = build(tmp_path / "short.json", ENTRIES[:12], (3, 8, 12))
     assert verify_bundle_file(shorter).ok  # on its own it is a fine, shorter log
     report = verify_bundle_file(shorter, trusted={ORIGIN: trusted_at(15)})
@@ -220,7 +248,9 @@ def test_a_trusted_checkpoint_catches_a_rollback_and_a_rewrite(tmp_path: Path) -
     assert verify_bundle_file(build(tmp_path / "ok.json"), trusted={ORIGIN: trusted_at(12)}).ok
 
 
-def test_entries_beyond_the_last_checkpoint_and_header_edits(bundle: Path) -> None:
+def test_entries_beyond_the_last_checkpoint_and_header_edits(
+    bundle: Path, verify_bundle_file: Any
+) -> None:
     lines = lines_of(bundle)
     extra = canonical_json({"gate_id": "late"})
     lines[-2] = lines[-2].replace(b"}\n", b"},\n")
@@ -236,7 +266,7 @@ def test_entries_beyond_the_last_checkpoint_and_header_edits(bundle: Path) -> No
     assert "header was edited" in (report.reason or "")
 
 
-def test_what_is_not_a_bundle(tmp_path: Path) -> None:
+def test_what_is_not_a_bundle(tmp_path: Path, verify_bundle_file: Any) -> None:
     path = tmp_path / "x.json"
     path.write_text("[1, 2]")
     with pytest.raises(BundleFormatError):
@@ -252,3 +282,25 @@ def test_what_is_not_a_bundle(tmp_path: Path) -> None:
 def test_write_bundle_refuses_checkpoints_that_do_not_cover_the_entries() -> None:
     with pytest.raises(ValueError, match="checkpoint sizes"):
         write_bundle(io.BytesIO(), ORIGIN, KEY, ENTRIES, (3, 8))
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 977, 1 << 20])
+def test_a_bundle_streamed_in_chunks_of_any_size_reads_the_same(bundle: Path, chunk: int) -> None:
+    """As `verify --server` reads an HTTP body: lines cut anywhere by the chunks."""
+    data = bundle.read_bytes()
+
+    def stream(raw: bytes) -> list[bytes]:
+        return [raw[i : i + chunk] for i in range(0, len(raw), chunk)]
+
+    good = bundle_module.verify_bundle_stream(stream(data), name="s")
+    assert good == bundle_module.verify_bundle_file(bundle, workers=1).__class__(
+        **{**good.as_dict(), "path": "s"}
+    )
+    assert good.ok
+    lines = data.splitlines(keepends=True)
+    at = first_entry_line(lines) + 13
+    lines[at] = lines[at].replace(b'"PASS"', b'"PASs"')
+    bad = bundle_module.verify_bundle_stream(stream(b"".join(lines)), name="s")
+    assert (bad.ok, bad.position) == (False, 13)
+    no_newline = bundle_module.verify_bundle_stream(stream(data.rstrip(b"\n")), name="s")
+    assert no_newline.ok

@@ -539,6 +539,23 @@ def test_bundle_tampering_is_named_by_the_cli(good: Good, tmp_path: Path) -> Non
         run_cli("ledger", "verify", str(good.bundle), "--public-key", str(key), env=env).returncode
         == 0
     )
+    # The same, with worker processes hashing byte ranges of the file.
+    parallel = run_cli(
+        "ledger",
+        "verify",
+        str(tmp_path / "tampered.json"),
+        "--public-key",
+        str(key),
+        "--jobs",
+        "2",
+        env=env,
+    )
+    assert_tampered(parallel, 0, "is not signed by the key given with --public-key")
+    check_parallel = list(lines)
+    del check_parallel[start + 9]
+    (tmp_path / "deleted.json").write_bytes(b"".join(check_parallel))
+    result = run_cli("ledger", "verify", str(tmp_path / "deleted.json"), "--jobs", "2", env=env)
+    assert_tampered(result, 9, "9 missing")
     not_a_bundle = tmp_path / "x.json"
     not_a_bundle.write_text("[]")
     assert run_cli("ledger", "verify", str(not_a_bundle), env=env).returncode == 2

@@ -13,7 +13,6 @@ error, a file that is not a ledger, or a damaged trust file.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -34,7 +33,7 @@ from forgehall.ledger.bundle import (
     BundleFormatError,
     TrustedCheckpoint,
     verify_bundle_file,
-    verify_bundle_lines,
+    verify_bundle_stream,
 )
 from forgehall.ledger.chain import verify_chain
 from forgehall.ledger.checkpoint import CheckpointError, VerifierKey
@@ -119,18 +118,6 @@ def _show(report: VerificationReport, name: str, as_json: bool, saved: Path | No
             typer.echo(f"  trusted from now on: the checkpoint of size {report.entries} ({saved})")
 
 
-def _lines(response: httpx.Response) -> Iterator[bytes]:
-    """A streamed body cut into lines that keep their newline."""
-    rest = b""
-    for chunk in response.iter_bytes():
-        rest += chunk
-        *lines, rest = rest.split(b"\n")
-        for line in lines:
-            yield line + b"\n"
-    if rest:
-        yield rest
-
-
 def _check_consistency(
     board: Board, trusted: TrustedCheckpoint, report: VerificationReport
 ) -> VerificationReport:
@@ -169,7 +156,9 @@ def _verify_server(
             if response.status_code >= 400:
                 response.read()
                 _fail_with(response)
-            report = verify_bundle_lines(_lines(response), name=name, key=key, trusted=trusted)
+            report = verify_bundle_stream(
+                response.iter_bytes(), name=name, key=key, trusted=trusted
+            )
     except httpx.HTTPError as exc:
         fail(f"cannot read the ledger from {board.server.url}: {exc}")
     except BundleFormatError as exc:
@@ -205,6 +194,16 @@ def verify(
             "(e.g. to check an export older than one verified before).",
         ),
     ] = False,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=1,
+            help="Processes hashing a bundle file's entries (default: 1 below 64 MB, else "
+            "the CPU count, at most 8).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Verify a ledger: every entry, hash and signature (exit 1 when tampered).
@@ -235,7 +234,7 @@ def verify(
                 fail("--public-key is for bundles; a local ledger has no signatures", code=2)
             report = verify_chain(file)
         else:
-            report = verify_bundle_file(file, key=key, trusted=trusted)
+            report = verify_bundle_file(file, key=key, trusted=trusted, workers=jobs)
     except OSError as exc:
         fail(f"{file}: cannot read it: {exc}", code=2)
     except BundleFormatError as exc:

@@ -237,11 +237,22 @@ async def _check_submitter(
             )
 
 
-async def _ensure_head(session: AsyncSession, access: Access, settings: Settings) -> LedgerHead:
+#: Workspace id -> origin of the logs known to exist. Heads are never deleted and an
+#: origin never changes, so once seen it stays true; the cache saves the hot append path
+#: a query.
+_ORIGINS: dict[str, str] = {}
+
+
+async def _ensure_head(session: AsyncSession, access: Access, settings: Settings) -> str:
+    """The workspace's log origin, creating its head the first time."""
     workspace = access.workspace
+    cached = _ORIGINS.get(workspace.id)
+    if cached is not None:
+        return cached
     head = await session.get(LedgerHead, workspace.id)
     if head is not None:
-        return head
+        _ORIGINS[workspace.id] = head.origin
+        return head.origin
     key = await ensure_signing_key(session, settings)
     now = utcnow()
     await session.execute(
@@ -261,7 +272,7 @@ async def _ensure_head(session: AsyncSession, access: Access, settings: Settings
     head = await session.get(LedgerHead, workspace.id)
     assert head is not None
     log.info("ledger.created", workspace_id=workspace.id, origin=head.origin)
-    return head
+    return head.origin  # cached once the transaction has committed
 
 
 def gates_text(gates: Sequence[GateRequirement]) -> str:
@@ -315,7 +326,7 @@ async def append_entries(
     """Store entries durably for the sequencer; returns their submission ids and leaf
     hashes. Nothing is stored when any entry or the caller is refused."""
     await _check_submitter(session, access, data.entries)
-    head = await _ensure_head(session, access, settings)
+    origin = await _ensure_head(session, access, settings)
     now = utcnow()
     rows: list[dict[str, Any]] = []
     leaves: list[str] = []
@@ -337,15 +348,16 @@ async def append_entries(
                 "received_at": now,
             }
         )
-    result = await session.execute(
-        insert(_pending).returning(_pending.c.id, sort_by_parameter_order=True), rows
-    )
+    # Core on the session's connection: this is the hot path of every runner.
+    connection = await session.connection()
+    statement = insert(_pending).returning(_pending.c.id, sort_by_parameter_order=True)
+    result = await connection.execute(statement, rows)
     ids = [int(i) for i in result.scalars()]
     gate_sets = 0
     if data.gates is not None:
         gate_sets = await _record_gate_sets(session, access, data.entries, data.gates)
-    origin = head.origin
     await session.commit()
+    _ORIGINS.setdefault(access.workspace.id, origin)
     log.debug("ledger.appended", workspace_id=access.workspace.id, entries=len(ids))
     return AppendResult(ids, leaves, gate_sets, origin)
 
