@@ -39,8 +39,8 @@ PostgreSQL: the admin URL comes from ``FORGEHALL_BENCH_DATABASE_URL`` (default
 
 Run it from the repository root::
 
-    uv run python bench/ledger_append.py                  # 8 writers; 1 then 8 entries per append; 20 s each
-    uv run python bench/ledger_append.py --writers 16 --per-append 5 --seconds 10
+    uv run python bench/ledger_append.py          # 8 writers; 1, then 8 entries per append
+    uv run python bench/ledger_append.py --writers 16 --per-append 1,5 --seconds 10
 
 Options: ``--writers`` (8), ``--per-append`` (``1,8``: comma-separated), ``--seconds``
 per configuration (20), ``--warmup`` seconds not measured (2).
