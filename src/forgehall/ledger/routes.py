@@ -74,8 +74,8 @@ def checkpoint_out(row: LedgerCheckpoint) -> CheckpointOut:
     summary="The instance's checkpoint signing key (public; no sign-in needed)",
     responses=UNAVAILABLE,
 )
-async def read_public_key(session: SessionDep, settings: SettingsDep) -> PublicKeyOut:
-    key = await service.read_public_key(session, settings)
+async def read_public_key(db: DatabaseDep, settings: SettingsDep) -> PublicKeyOut:
+    key = await service.read_public_key(db, settings)
     return PublicKeyOut(
         name=key.name,
         key_id=key.key_id.hex(),

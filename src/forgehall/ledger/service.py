@@ -164,11 +164,14 @@ def verifier_of(row: LedgerKey) -> VerifierKey:
     return VerifierKey(row.name, base64.b64decode(row.public_key))
 
 
-async def read_public_key(session: AsyncSession, settings: Settings) -> VerifierKey:
-    row = await session.get(LedgerKey, KEY_ROW)
+async def read_public_key(db: Database, settings: Settings) -> VerifierKey:
+    """The instance's verifier key (read without the writer; created if missing)."""
+    async with db.read_session() as session:
+        row = await session.get(LedgerKey, KEY_ROW)
     if row is None:
-        row = await ensure_signing_key(session, settings)
-        await session.commit()
+        async with db.session() as session:
+            row = await ensure_signing_key(session, settings)
+            await session.commit()
     return verifier_of(row)
 
 
