@@ -386,6 +386,9 @@ async def sequence_pending(
     """Give up to ``batch`` pending entries their positions, in one transaction (see the
     module docstring); returns what was done. ``keys`` caches decrypted signing keys."""
     cache = keys if keys is not None else {}
+    async with db.read_session() as session:  # idle: no write lock taken (SQLite)
+        if await session.scalar(select(_pending.c.id).limit(1)) is None:
+            return SequenceResult(0, 0, None)
     async with db.session() as session:
         await transaction_lock(session, SEQUENCER_LOCK)
         pending = list(
