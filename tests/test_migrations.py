@@ -167,3 +167,6 @@ async def test_upgrading_a_database_with_data_keeps_it(empty_db: Database) -> No
             )
         ).one()
     assert tuple(row) == ("claude", 6, "[]")
+    async with empty_db.engine.connect() as conn:
+        tier = (await conn.execute(text("SELECT tier FROM workspaces WHERE id = 'w1'"))).scalar()
+    assert tier == "prototype", "0013 gives existing workspaces the default tier"

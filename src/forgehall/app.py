@@ -40,6 +40,8 @@ from forgehall.identity.oauth_routes import router as oauth_router
 from forgehall.identity.routes import auth_router, config_router
 from forgehall.identity.routes import router as identity_router
 from forgehall.issues.routes import router as issues_router
+from forgehall.ledger.routes import router as ledger_router
+from forgehall.ledger.service import LedgerSequencer
 from forgehall.live.routes import router as live_router
 from forgehall.ops.routes import router as ops_router
 from forgehall.ops.service import EventRetention, JobHistoryRetention, SqliteStatistics
@@ -55,6 +57,7 @@ BACKGROUND_SERVICES: tuple[type[BackgroundService], ...] = (
     EventRetention,
     SqliteStatistics,
     TaskWatchdog,
+    LedgerSequencer,
 )
 API_PREFIX = "/api/v1"
 STATIC_DIR = Path(__file__).parent / "web" / "static"
@@ -202,6 +205,7 @@ def create_app(
         agents_router,
         tasks_router,
         daemon_router,
+        ledger_router,
     ):
         app.include_router(router, responses=COMMON_RESPONSES)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

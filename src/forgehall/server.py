@@ -210,6 +210,7 @@ async def _run(loaded: LoadedSettings, mode: Literal["serve", "up"]) -> int:
         await db.dispose()
         raise
     app = create_app(settings, db=db, options=AppOptions(run_services=True))
+    await _ensure_ledger_key(db, settings)  # after create_app: it installs the vault
     config = uvicorn.Config(
         app,
         log_config=None,
@@ -300,6 +301,17 @@ def _loopback(host: str) -> str:
     if host == "::":
         return "[::1]"
     return f"[{host}]" if ":" in host else host
+
+
+async def _ensure_ledger_key(db: Database, settings: Settings) -> None:
+    """The instance's ledger signing key is generated on first start (stored encrypted)."""
+    from forgehall.core.errors import ProblemError
+    from forgehall.ledger.service import create_signing_key_at_start
+
+    try:
+        await create_signing_key_at_start(db, settings)
+    except ProblemError as exc:  # no encryption key: appends will say so (503)
+        log.warning("ledger.key_unavailable", error=exc.detail)
 
 
 def _display_host(host: str) -> str:

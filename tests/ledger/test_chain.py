@@ -174,7 +174,7 @@ def test_json_report_and_unknown_kinds(tmp_path: Path) -> None:
     bundle.write_text("{}")
     done = run_cli("ledger", "verify", str(bundle), env=base_env(tmp_path))
     assert done.returncode == 2
-    assert "only local ledgers" in done.stderr
+    assert "not a ledger bundle" in done.stderr  # nor a local ledger (.jsonl)
     done = run_cli("ledger", "verify", str(tmp_path / "none.jsonl"), env=base_env(tmp_path))
     assert done.returncode == 2
     assert "no such file" in done.stderr

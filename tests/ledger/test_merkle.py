@@ -15,9 +15,13 @@ from forgehall.ledger.merkle import (
     MerkleFrontier,
     ProofError,
     consistency_proof,
+    consistency_ranges,
+    fold_pieces,
     inclusion_proof,
+    inclusion_ranges,
     leaf_hash,
     node_hash,
+    perfect_pieces,
     root,
     verify_consistency,
     verify_inclusion,
@@ -231,3 +235,55 @@ def test_a_frontier_refuses_an_impossible_state() -> None:
         MerkleFrontier(3, [HASHES[0]])
     with pytest.raises(ProofError, match="32-byte"):
         MerkleFrontier(1, [b"short"])
+
+
+def test_proofs_from_stored_perfect_subtrees_equal_proofs_from_the_leaves() -> None:
+    """What the server does: keep the perfect subtrees a frontier completes, batch after
+    batch, and answer any proof from O(log n) of them."""
+    store: dict[tuple[int, int], bytes] = {(0, i): h for i, h in enumerate(HASHES)}
+    frontier = MerkleFrontier()
+    for batch in (HASHES[0:1], HASHES[1:7], HASHES[7:8], HASHES[8:33], HASHES[33:]):
+        for level, index, node in frontier.extend_with_nodes(batch):
+            assert (level, index) not in store, "a perfect subtree is completed once"
+            store[(level, index)] = node
+    assert frontier.root() == ROOTS[MAX_SIZE]
+    # Every perfect subtree of 2+ leaves inside the 64 leaves was handed back.
+    assert len(store) == 2 * MAX_SIZE - 1
+
+    def subtree(start: int, end: int) -> bytes:
+        return fold_pieces([store[piece] for piece in perfect_pieces(start, end)])
+
+    for size in range(1, MAX_SIZE + 1):
+        assert subtree(0, size) == ROOTS[size]
+        for index in range(size):
+            proof = [subtree(s, e) for s, e in inclusion_ranges(index, size)]
+            assert proof == inclusion_proof(index, size, HASHES)
+        for old in range(size + 1):
+            proof = [subtree(s, e) for s, e in consistency_ranges(old, size)]
+            assert proof == consistency_proof(old, size, HASHES)
+
+
+def test_perfect_pieces_are_the_binary_digits_of_an_aligned_range() -> None:
+    assert perfect_pieces(0, 13) == [(3, 0), (2, 2), (0, 12)]
+    assert perfect_pieces(8, 11) == [(1, 4), (0, 10)]
+    assert perfect_pieces(5, 6) == [(0, 5)]
+    with pytest.raises(ProofError):
+        perfect_pieces(3, 3)
+    with pytest.raises(ProofError):
+        fold_pieces([])
+    with pytest.raises(ProofError):
+        inclusion_ranges(3, 3)
+    with pytest.raises(ProofError):
+        consistency_ranges(4, 3)
+
+
+def test_a_frontier_extended_from_a_failing_iterator_keeps_what_it_appended() -> None:
+    def leaves():  # type: ignore[no-untyped-def]
+        yield from HASHES[:5]
+        raise RuntimeError("reader broke")
+
+    frontier = MerkleFrontier()
+    with pytest.raises(RuntimeError):
+        frontier.extend(leaves())
+    assert frontier.size == 5
+    assert frontier.root() == ROOTS[5]

@@ -162,6 +162,8 @@ PUBLIC_ROUTES = {
     ("GET", "/invitations/{token}"),
     ("POST", "/invitations/{token}/{answer}"),
     ("POST", "/auth/cli/authorize"),
+    # The ledger's checkpoint-signing public key: what an offline verifier needs.
+    ("GET", "/api/v1/ledger/public-key"),
 }
 
 

@@ -2,8 +2,10 @@
 whether a commit is ready for its tier.
 
 Runs are local: results go to the hash-chained ledger ``.forgehall/evidence/ledger.jsonl``
-(see docs/gates.md). Exit codes: 0 every gate that ran passed (or warned), 1 a gate
-failed / the commit is not ready, 2 a usage or validation error (nothing recorded).
+(see docs/gates.md); ``run --submit`` also sends them to the server ledger of the current
+workspace (docs/ledger.md). Exit codes: 0 every gate that ran passed (or warned), 1 a
+gate failed / the commit is not ready / the results could not be submitted, 2 a usage or
+validation error (nothing recorded).
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
+import httpx
 import typer
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -22,6 +25,7 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
+from forgehall.cli.client import WorkspaceOption
 from forgehall.cli.context import fail
 from forgehall.gates.config import (
     GATES_FILE,
@@ -43,8 +47,14 @@ from forgehall.gates.runner import (
     select_gates,
 )
 from forgehall.gates.schemas import TIERS, EntryScope, Gate, GatesFile, RunnerInfo, Tier
+from forgehall.ledger.canonical import canonical_json
 from forgehall.ledger.chain import LEDGER_PATH, LedgerError, append_entries, check_appendable
 from forgehall.ledger.chain import read_entries as read_ledger_entries
+from forgehall.ledger.merkle import leaf_hash
+from forgehall.ledger.schemas import MAX_ENTRIES_PER_REQUEST, AppendOut
+
+if TYPE_CHECKING:
+    from forgehall.cli.issues import Board
 
 gates_app = typer.Typer(
     help="Gates: the checks in .forgehall/gates.yaml, run and recorded as evidence.",
@@ -226,6 +236,37 @@ def _readiness_text(readiness: Readiness) -> str:
     return "\n".join(lines)
 
 
+def _submit(
+    board: Board, entries: list[dict[str, Any]], gates_file: GatesFile
+) -> tuple[str | None, str | None]:
+    """Send the results and the gates file to the server ledger: (origin, problem)."""
+    gates = [
+        {"id": g.id, "required_in": list(g.required_in), "allow_failure": g.allow_failure}
+        for g in gates_file.gates
+    ]
+    origin = None
+    for start in range(0, len(entries), MAX_ENTRIES_PER_REQUEST):
+        chunk = entries[start : start + MAX_ENTRIES_PER_REQUEST]
+        try:
+            response = board.server.http.post(
+                board.base + "/ledger/entries", json={"entries": chunk, "gates": gates}
+            )
+        except httpx.HTTPError as exc:
+            return origin, f"cannot reach the server at {board.server.url}: {exc}"
+        if response.status_code != 201:
+            try:
+                detail = response.json().get("detail") or response.text
+            except ValueError:
+                detail = response.text[:200]
+            return origin, f"{response.status_code}: {detail}"
+        answer = AppendOut.model_validate(response.json())
+        ours = [leaf_hash(canonical_json(entry)).hex() for entry in chunk]
+        if [e.leaf_hash for e in answer.entries] != ours:
+            return origin, "the server recorded other bytes than were sent (leaf hashes differ)"
+        origin = answer.origin
+    return origin, None
+
+
 @gates_app.command()
 def run(
     gate: Annotated[
@@ -249,15 +290,31 @@ def run(
     no_record: Annotated[
         bool, typer.Option("--no-record", help="Do not append the results to the ledger.")
     ] = False,
+    submit: Annotated[
+        bool,
+        typer.Option(
+            "--submit",
+            help="Also send the results (and which gates each tier requires) to the "
+            "server ledger of the workspace (your login's, or --workspace).",
+        ),
+    ] = False,
+    workspace: WorkspaceOption = None,
     directory: DirOption = None,
 ) -> None:
     """Run the gates as a dependency graph, record each result, print a summary.
 
     Independent gates run in parallel. A gate whose dependency did not pass (or warn) is
-    skipped. Exit code 0 when every gate that ran passed or warned, 1 when one failed,
-    2 on a usage or validation error (then nothing is recorded).
+    skipped. With --submit the results also go to the server ledger, after the run.
+    Exit code 0 when every gate that ran passed or warned, 1 when one failed (or the
+    results could not be submitted), 2 on a usage or validation error (then nothing is
+    recorded).
     """
     root, gates_file, intent_tier = _load(directory)
+    board = None
+    if submit:  # imported here: plain runs stay quick to start
+        from forgehall.cli.issues import Board
+
+        board = Board(workspace)  # not logged in: fail before running
     wanted_tier = _tier(tier)
     try:
         selected = select_gates(gates_file, gate, wanted_tier)
@@ -305,12 +362,20 @@ def run(
             gates_file, recorded_tier, history, repository=scope.repository, commit=scope.commit
         )
     failed = any(o.result in ("FAIL", "SKIP") for o in outcomes)
+    origin, submit_error = None, None
+    if board is not None and display.entries:
+        origin, submit_error = _submit(board, display.entries, gates_file)
     if as_json:
         document = {
             "entries": display.entries,
             "readiness": readiness.as_dict() if readiness else None,
             "recorded": not no_record and display.record_error is None,
             "ledger": display_path(ledger),
+            "submitted": (
+                {"workspace": board.slug, "origin": origin}
+                if board is not None and submit_error is None and display.entries
+                else None
+            ),
         }
         typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
     else:
@@ -322,8 +387,14 @@ def run(
             typer.echo(_readiness_text(readiness))
         if not no_record and display.record_error is None and outcomes:
             typer.echo(f"Recorded {len(outcomes)} results in {display_path(ledger)}")
+        if board is not None and submit_error is None and outcomes:
+            typer.echo(
+                f"Submitted {len(outcomes)} results to the ledger of {board.slug} ({origin})"
+            )
     if display.record_error is not None:
         fail(f"results were not all recorded: {display.record_error}")
+    if submit_error is not None:
+        fail(f"results were not submitted to the server ledger: {submit_error}")
     if failed:
         raise typer.Exit(1)
 

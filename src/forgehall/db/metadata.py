@@ -23,6 +23,7 @@ MODEL_MODULES: tuple[str, ...] = (
     "forgehall.workspaces.models",
     "forgehall.agents.models",
     "forgehall.issues.models",
+    "forgehall.ledger.models",
 )
 
 

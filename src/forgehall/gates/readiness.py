@@ -13,13 +13,25 @@ they cannot make anything ready.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
 from forgehall.gates.schemas import GateEntry, GatesFile, Tier
+
+
+class GateRule(Protocol):
+    """What readiness needs of a gate: a :class:`~forgehall.gates.schemas.Gate`, or the
+    requirements the server recorded from one."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def required_in(self) -> Sequence[Tier]: ...
+    @property
+    def allow_failure(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -54,7 +66,7 @@ def _parse(entries: Iterable[Mapping[str, Any]]) -> list[GateEntry]:
 
 
 def compute_readiness(
-    gates_file: GatesFile,
+    gates: GatesFile | Sequence[GateRule],
     tier: Tier,
     entries: Iterable[Mapping[str, Any]],
     *,
@@ -65,7 +77,8 @@ def compute_readiness(
 
     ``entries`` are in ledger order: a later entry for a gate supersedes an earlier one.
     """
-    required = [gate for gate in gates_file.gates if tier in gate.required_in]
+    rules: Sequence[GateRule] = gates.gates if isinstance(gates, GatesFile) else gates
+    required = [gate for gate in rules if tier in gate.required_in]
     ids = [gate.id for gate in required]
     if not required:
         blocker = Blocker("-", "no gates", f"no gate is required in tier {tier}")

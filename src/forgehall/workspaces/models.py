@@ -19,6 +19,9 @@ class Workspace(Base):
     slug: Mapped[str] = mapped_column(String(60), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     key_prefix: Mapped[str] = mapped_column(String(10))
+    # The bar the workspace's work is held to (prototype, pilot, production): the
+    # default tier of ledger readiness.
+    tier: Mapped[str] = mapped_column(String(12), default="prototype", server_default="prototype")
     created_by: Mapped[str | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL"), default=None
     )

@@ -84,12 +84,14 @@ async def read_workspace(access: MemberAccess) -> WorkspaceOut:
     return workspace_out(access.workspace, access.role.name)
 
 
-@router.patch(WS, response_model=WorkspaceOut, summary="Rename or change the key prefix")
+@router.patch(
+    WS, response_model=WorkspaceOut, summary="Rename, change the key prefix or the tier (admin)"
+)
 async def update_workspace(
     body: WorkspacePatch, access: AdminAccess, session: SessionDep
 ) -> WorkspaceOut:
     workspace = await service.update_workspace(
-        session, access, name=body.name, key_prefix=body.key_prefix
+        session, access, name=body.name, key_prefix=body.key_prefix, tier=body.tier
     )
     return workspace_out(workspace, access.role.name)
 

@@ -6,6 +6,13 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from forgehall.gates.schemas import Tier
+
+_TIER = (
+    "The bar the workspace's work is held to: prototype, pilot or production. Ledger "
+    "readiness uses it when no tier is asked for."
+)
+
 
 class WorkspaceIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -18,6 +25,7 @@ class WorkspacePatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(None, min_length=1, max_length=200)
     key_prefix: str | None = Field(None, min_length=1, max_length=10)
+    tier: Tier | None = Field(None, description=_TIER, examples=["pilot"])
 
 
 class WorkspaceOut(BaseModel):
@@ -26,6 +34,7 @@ class WorkspaceOut(BaseModel):
     slug: str
     name: str
     key_prefix: str
+    tier: Tier = Field(description=_TIER)
     created_at: datetime
     role: str | None = None
 

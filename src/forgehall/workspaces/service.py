@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from forgehall.core.errors import ProblemError
 from forgehall.core.security import generate_token, hash_token
+from forgehall.gates.schemas import TIERS
 from forgehall.identity.mail import Mailer, OutgoingMail
 from forgehall.identity.models import User
 from forgehall.identity.service import enforce_rate_limit, normalize_email, read_signup_policy
@@ -116,7 +117,12 @@ async def list_workspaces(session: AsyncSession, user: User) -> list[tuple[Works
 
 
 async def update_workspace(
-    session: AsyncSession, access: Access, *, name: str | None, key_prefix: str | None
+    session: AsyncSession,
+    access: Access,
+    *,
+    name: str | None,
+    key_prefix: str | None,
+    tier: str | None = None,
 ) -> Workspace:
     access.require(Role.ADMIN)
     workspace = access.workspace
@@ -124,6 +130,14 @@ async def update_workspace(
         workspace.name = name.strip() or workspace.name
     if key_prefix is not None:
         workspace.key_prefix = validate_key_prefix(key_prefix)
+    if tier is not None:
+        if tier not in TIERS:
+            raise ProblemError(
+                422, f"unknown tier {tier!r}; use {', '.join(TIERS)}", type_="invalid-tier"
+            )
+        if tier != workspace.tier:
+            log.info("workspace.tier_changed", workspace_id=workspace.id, tier=tier)
+        workspace.tier = tier
     await session.commit()
     return workspace
 
