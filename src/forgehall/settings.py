@@ -408,6 +408,16 @@ class Settings(BaseSettings):
         ),
     )
 
+    gate_fix_rounds: int = Field(
+        3,
+        ge=0,
+        le=100,
+        description="After an agent's task, when the gates the workspace's tier requires do "
+        "not pass, the agent is asked to fix them this many times in a row; then the issue "
+        "goes to a blocked status. 0: blocked at the first failure.",
+        json_schema_extra=_meta("Agents", example="3"),
+    )
+
     @field_validator("model_prices", mode="before")
     @classmethod
     def _split_prices(cls, value: Any) -> Any:

@@ -261,7 +261,12 @@ async def progress(
     responses=TASK_ERRORS,
 )
 async def complete(
-    task_id: str, body: CompleteIn, access: DaemonAccess, session: SessionDep, bus: EventBusDep
+    task_id: str,
+    body: CompleteIn,
+    access: DaemonAccess,
+    session: SessionDep,
+    bus: EventBusDep,
+    settings: SettingsDep,
 ) -> TaskStateOut:
     outbox = Outbox()
     done = await dispatch.complete(
@@ -272,6 +277,7 @@ async def complete(
         summary=body.summary,
         session_id=body.session_id,
         outbox=outbox,
+        gate_fix_rounds=settings.gate_fix_rounds,
     )
     await outbox.publish(bus)
     return _state(done.task, done.follow_up.id if done.follow_up else None)

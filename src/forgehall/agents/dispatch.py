@@ -10,6 +10,10 @@ it into transactions with everything that must change together:
 - a task that stops running has its task token revoked in the same commit; one that
   fails for good (no retry pending) also comments the failure on its issue, notifies the
   followers and moves the issue back to a todo-category status (``issues.service``);
+- a task that completes after submitting gate results (the daemon runs the gates in the
+  worktree) has its readiness decided in the same commit: the issue goes to review, or
+  the failures go back to the agent (``gates_failed``), or after too many rounds the
+  issue is blocked;
 - events (``task.*``) are published after commit; ``task.queued`` and
   ``task.cancel_requested`` wake long-polling claims on every replica through the bus.
 
@@ -58,9 +62,11 @@ from forgehall.core.events import EventBus
 from forgehall.core.services import BackgroundService
 from forgehall.db.dialect import upsert_insert
 from forgehall.db.engine import Database
+from forgehall.gates.schemas import Tier
 from forgehall.identity.service import mint_task_token, revoke_task_tokens
 from forgehall.issues import service as issues
 from forgehall.issues.service import Outbox
+from forgehall.ledger import service as ledger
 from forgehall.settings import Settings
 from forgehall.workspaces.access import Access
 from forgehall.workspaces.models import Repository, Workspace
@@ -275,6 +281,7 @@ async def _claimed(session: AsyncSession, access: Access, task: Task) -> Claimed
             ClaimedRepository(name=r.name, url=r.url, default_branch=r.default_branch)
             for r in repositories
         ],
+        tier=workspace.tier,
     )
 
 
@@ -511,12 +518,14 @@ async def complete(
     summary: str,
     session_id: str | None,
     outbox: Outbox,
+    gate_fix_rounds: int = 3,
 ) -> queue.Completed:
     await _task_in(session, access, task_id)
     done = await queue.complete(
         session, task_id, lease_token, result=summary, session_id=session_id
     )
     await revoke_task_tokens(session, [done.task.id])
+    await _judge_gates(session, done.task, gate_fix_rounds, outbox)
     await session.commit()
     outbox.add(
         "task.completed", done.task.workspace_id, task_id=done.task.id, issue_id=done.task.issue_id
@@ -530,6 +539,104 @@ async def complete(
             agent_id=done.follow_up.agent_id,
         )
     return done
+
+
+GATES_FAILED = "gates_failed"
+EXCERPT_CHARS = 1500  # of each stream, per blocking gate, in the comment
+
+
+async def _judge_gates(
+    session: AsyncSession, task: Task, rounds_allowed: int, outbox: Outbox
+) -> None:
+    """After an agent's task: when its run submitted gate results, the readiness for the
+    workspace's tier moves the issue to review, or sends the failures back to the agent
+    (at most ``rounds_allowed`` times in a row, then the issue is blocked). A task that
+    submitted nothing changes nothing here."""
+    workspace = await session.get(Workspace, task.workspace_id)
+    assert workspace is not None
+    key = await issues.issue_key_of(session, workspace, task.issue_id)
+    if key is None:
+        return
+    tier: Tier = workspace.tier  # type: ignore[assignment]
+    verdict = await ledger.task_gates(session, workspace.id, tier, task.id, key)
+    if verdict is None:
+        return
+    if verdict.ready:
+        log.info("task.gates_ready", task_id=task.id, tier=tier)
+        await issues.gates_passed(
+            session, workspace=workspace, issue_id=task.issue_id, outbox=outbox
+        )
+        return
+    triggers = (
+        await session.scalars(
+            select(Task.trigger)
+            .where(
+                Task.issue_id == task.issue_id,
+                Task.agent_id == task.agent_id,
+                Task.created_at <= task.created_at,
+            )
+            .order_by(Task.created_at.desc())
+            .limit(rounds_allowed + 1)
+        )
+    ).all()
+    rounds = 0
+    for trigger in triggers:
+        if trigger != GATES_FAILED:
+            break
+        rounds += 1
+    give_up = rounds >= rounds_allowed
+    log.info("task.gates_not_ready", task_id=task.id, tier=tier, rounds=rounds, give_up=give_up)
+    await issues.gates_failed(
+        session,
+        workspace=workspace,
+        issue_id=task.issue_id,
+        agent_id=task.agent_id,
+        report=gates_report(verdict, rounds, rounds_allowed, give_up),
+        give_up=give_up,
+        outbox=outbox,
+    )
+
+
+def _excerpt(text: str) -> str:
+    text = text.rstrip()
+    if len(text) > EXCERPT_CHARS:
+        text = "…" + text[-EXCERPT_CHARS:]
+    return text.replace("````", "` ` ` `")
+
+
+def gates_report(verdict: ledger.TaskGates, rounds: int, allowed: int, give_up: bool) -> str:
+    """The comment listing each gate that blocks, with why and the end of its output."""
+    latest: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
+    for entry in verdict.entries:
+        scope = entry.get("scope") or {}
+        latest[(scope.get("repository"), scope.get("commit"), entry.get("gate_id"))] = entry
+    lines = [f"**The gates do not pass** for tier `{verdict.tier}`."]
+    for result in verdict.results:
+        if result.ready:
+            continue
+        lines.append("")
+        lines.append(f"`{result.repository}` at `{(result.commit or 'no commit')[:12]}`:")
+        for blocker in result.blockers:
+            lines.append(f"- `{blocker.gate_id}` — {blocker.reason}: {blocker.detail}")
+            found = latest.get((result.repository, result.commit, blocker.gate_id))
+            if found is None:
+                continue
+            for stream in ("stdout", "stderr"):
+                text = _excerpt(str(found.get(f"{stream}_excerpt") or ""))
+                if text:
+                    lines.append(f"\n{blocker.gate_id} {stream} (its end):\n````\n{text}\n````\n")
+    lines.append("")
+    if give_up:
+        lines.append(
+            f"They still fail after {allowed} rounds of fixes: the issue is blocked until a "
+            "person looks at it."
+        )
+    else:
+        lines.append(
+            f"Fix them; the gates run again when the work is done (round {rounds + 1} of "
+            f"{allowed})."
+        )
+    return "\n".join(lines)
 
 
 async def fail(

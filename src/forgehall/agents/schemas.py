@@ -12,6 +12,8 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from forgehall.gates.schemas import Tier
+
 #: The agent CLIs a profile may name (``custom``: the workspace-defined command). Kept
 #: here rather than in ``models`` so the CLI can read the schemas without SQLAlchemy.
 PROVIDERS = ("claude", "codex", "cursor", "opencode", "copilot", "gemini", "qwen", "acp", "custom")
@@ -329,6 +331,11 @@ class ClaimedTask(BaseModel):
     agent: ClaimedAgent
     issue: ClaimedIssue
     repositories: list[ClaimedRepository]
+    tier: Tier = Field(
+        "prototype",
+        description="The workspace's tier: after the agent's work the daemon runs the gates "
+        "this tier requires (when the worktree has `.forgehall/gates.yaml`).",
+    )
 
 
 class ClaimOut(BaseModel):

@@ -47,11 +47,9 @@ from forgehall.gates.runner import (
     select_gates,
 )
 from forgehall.gates.schemas import TIERS, EntryScope, Gate, GatesFile, RunnerInfo, Tier
-from forgehall.ledger.canonical import canonical_json
+from forgehall.gates.submit import check_receipt, submission_bodies
 from forgehall.ledger.chain import LEDGER_PATH, LedgerError, append_entries, check_appendable
 from forgehall.ledger.chain import read_entries as read_ledger_entries
-from forgehall.ledger.merkle import leaf_hash
-from forgehall.ledger.schemas import MAX_ENTRIES_PER_REQUEST, AppendOut
 
 if TYPE_CHECKING:
     from forgehall.cli.issues import Board
@@ -240,17 +238,10 @@ def _submit(
     board: Board, entries: list[dict[str, Any]], gates_file: GatesFile
 ) -> tuple[str | None, str | None]:
     """Send the results and the gates file to the server ledger: (origin, problem)."""
-    gates = [
-        {"id": g.id, "required_in": list(g.required_in), "allow_failure": g.allow_failure}
-        for g in gates_file.gates
-    ]
     origin = None
-    for start in range(0, len(entries), MAX_ENTRIES_PER_REQUEST):
-        chunk = entries[start : start + MAX_ENTRIES_PER_REQUEST]
+    for chunk, body in submission_bodies(entries, gates_file):
         try:
-            response = board.server.http.post(
-                board.base + "/ledger/entries", json={"entries": chunk, "gates": gates}
-            )
+            response = board.server.http.post(board.base + "/ledger/entries", json=body)
         except httpx.HTTPError as exc:
             return origin, f"cannot reach the server at {board.server.url}: {exc}"
         if response.status_code != 201:
@@ -259,11 +250,9 @@ def _submit(
             except ValueError:
                 detail = response.text[:200]
             return origin, f"{response.status_code}: {detail}"
-        answer = AppendOut.model_validate(response.json())
-        ours = [leaf_hash(canonical_json(entry)).hex() for entry in chunk]
-        if [e.leaf_hash for e in answer.entries] != ours:
-            return origin, "the server recorded other bytes than were sent (leaf hashes differ)"
-        origin = answer.origin
+        origin, problem = check_receipt(chunk, response.json())
+        if problem is not None:
+            return origin, problem
     return origin, None
 
 

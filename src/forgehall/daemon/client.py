@@ -101,14 +101,16 @@ class ProtocolClient:
         self,
         method: str,
         path: str,
-        body: BaseModel | None,
+        body: BaseModel | dict[str, Any] | None,
         answer: type[M] | None,
         *,
         timeout: float | None = None,
         token: str | None = None,
     ) -> Any:
         kwargs: dict[str, Any] = {}
-        if body is not None:
+        if isinstance(body, dict):
+            kwargs["json"] = body
+        elif body is not None:
             kwargs["content"] = body.model_dump_json(exclude_unset=False)
             kwargs["headers"] = {"content-type": "application/json"}
         if token is not None:
@@ -229,6 +231,16 @@ class ProtocolClient:
             "POST",
             f"/api/v1/workspaces/{workspace_id}/issues/{issue_key}/comments",
             _CommentBody(body=body),
+            None,
+            token=task_token,
+        )
+
+    async def ledger_append(self, workspace_id: str, task_token: str, body: dict[str, Any]) -> Any:
+        """Append gate results to the workspace's ledger as the task (its token)."""
+        return await self._call(
+            "POST",
+            f"/api/v1/workspaces/{workspace_id}/ledger/entries",
+            body,
             None,
             token=task_token,
         )

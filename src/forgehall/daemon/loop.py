@@ -381,6 +381,7 @@ class Daemon:
             data=self.data,
             workdirs=self.workdirs,
             on_journal=self.deliverer.notify,
+            runtime_id=self.runtime_id,
         )
         self.runs[task.id] = run
         self._runs_empty.clear()

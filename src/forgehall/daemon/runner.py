@@ -22,7 +22,7 @@ import logging
 import os
 import signal
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -42,6 +42,10 @@ from forgehall.daemon.config import DaemonConfig
 from forgehall.daemon.state import DataDir, HeldTask, JournalEntry
 from forgehall.daemon.transcript import Transcript, read_batch
 from forgehall.daemon.workdir import TaskDir, Workdirs, WorkspaceError
+from forgehall.gates.config import GATES_FILE, ConfigError, load_gates
+from forgehall.gates.runner import detect_scope, run_gates, runner_identity, select_gates
+from forgehall.gates.schemas import GatesFile
+from forgehall.gates.submit import check_receipt, submission_bodies
 
 log = logging.getLogger("forgehall.daemon")
 
@@ -51,6 +55,7 @@ USAGE_INTERVAL = 2.0
 STDERR_TAIL = 3000
 LINE_LIMIT = 64 * 1024 * 1024  # one stdout line of a CLI can be a large JSON event
 DETAIL_MAX = 4000
+GATE_SUBMIT_ATTEMPTS = 5
 
 
 def usage_rows(usage: Mapping[str, Usage]) -> list[dict[str, Any]]:
@@ -105,8 +110,10 @@ class TaskRun:
         data: DataDir,
         workdirs: Workdirs,
         on_journal: Callable[[], None],
+        runtime_id: str = "",
     ) -> None:
         self.task = task
+        self.runtime_id = runtime_id
         self.config = config
         self.client = client
         self.data = data
@@ -285,10 +292,13 @@ class TaskRun:
         with contextlib.suppress(asyncio.CancelledError):
             await sender
         log.info("agent.exited task_id=%s code=%s stop=%s", task.id, exit_code, self.stop_reason)
+        gates_note = None
+        if self.stop_reason is None and exit_code == 0 and not session.outcome.error:
+            gates_note = await self._gates_after_work(taskdir)
         if self.stop_reason == "lost":
             self.data.release(task.id)
             return
-        self._journal_outcome(exit_code, session)
+        self._journal_outcome(exit_code, session, gates_note)
 
     async def _write_stdin(self, lines: list[str], *, close: bool) -> None:
         assert self.process is not None
@@ -418,12 +428,96 @@ class TaskRun:
             await self.client.messages(self.task.id, self.task.lease_token, messages)
             self._sent_offset = offset
 
+    # --- gates after the agent's work ----------------------------------------------------
+
+    async def _gates_after_work(self, taskdir: TaskDir) -> str | None:
+        """Run the gates the workspace's tier requires in the worktree and submit the
+        entries with the task token (while the lease is current). A line for the task's
+        result, or None when the worktree has no gates file (or the run was stopped)."""
+        task = self.task
+        root = taskdir.work
+        if not (root / GATES_FILE).is_file():
+            return None
+        try:
+            gates_file = load_gates(root)
+        except ConfigError as exc:
+            log.warning("task.gates_invalid task_id=%s problems=%d", task.id, len(exc.problems))
+            problems = "\n".join(f"- {problem}" for problem in exc.problems[:20])
+            return f"The gates did not run: {GATES_FILE} does not validate:\n{problems}"
+        selected = select_gates(gates_file, None, task.tier)
+        if not selected:
+            log.info("task.gates_none task_id=%s tier=%s", task.id, task.tier)
+            return f"No gate of {GATES_FILE} is required in tier {task.tier}: none ran."
+        env = agent_environment(os.environ, task, self.config.server_url, str(taskdir.tmp))
+        env["FORGEHALL_RUNTIME_ID"] = self.runtime_id
+        scope = await asyncio.to_thread(detect_scope, root, env)
+        runner = runner_identity(env)
+        jobs = max(1, min(len(selected), os.cpu_count() or 1))
+        running = asyncio.create_task(run_gates(selected, root, jobs=jobs, base_env=env))
+        stopped = asyncio.create_task(self._stopped.wait())
+        await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not running.done():  # cancelled, shut down or lost while the gates ran
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+            return None
+        try:
+            outcomes = running.result()
+        except Exception as exc:  # the agent's work is done: report it, without gates
+            log.exception("task.gates_crashed task_id=%s", task.id)
+            return f"The gates could not run: {exc!r}"
+        entries = [o.entry(scope, runner, task.tier).model_dump(mode="json") for o in outcomes]
+        counts = Counter(o.result for o in outcomes)
+        log.info(
+            "task.gates_run task_id=%s tier=%s pass=%d fail=%d warn=%d skip=%d",
+            task.id,
+            task.tier,
+            counts["PASS"],
+            counts["FAIL"],
+            counts["WARN"],
+            counts["SKIP"],
+        )
+        line = f"Gates (tier {task.tier}): " + ", ".join(
+            f"{counts[r]} {r}" for r in ("PASS", "FAIL", "WARN", "SKIP") if counts[r]
+        )
+        problem = await self._submit_gates(entries, gates_file)
+        if problem is not None:
+            log.warning("task.gates_not_submitted task_id=%s reason=%s", task.id, problem)
+            return f"{line}; the results could not be submitted: {problem}"
+        return line
+
+    async def _submit_gates(
+        self, entries: list[dict[str, Any]], gates_file: GatesFile
+    ) -> str | None:
+        task = self.task
+        for chunk, body in submission_bodies(entries, gates_file):
+            backoff = Backoff()
+            for attempt in range(GATE_SUBMIT_ATTEMPTS):
+                try:
+                    answer = await self.client.ledger_append(
+                        task.workspace_id, task.task_token, body
+                    )
+                    break
+                except Unreachable as exc:
+                    if attempt == GATE_SUBMIT_ATTEMPTS - 1 or self.stop_reason is not None:
+                        return str(exc)
+                    await asyncio.sleep(backoff.next())
+                except Refused as exc:
+                    return f"{exc.status} {exc.problem}: {exc.detail}"
+            _, problem = check_receipt(chunk, answer)
+            if problem is not None:
+                return problem
+        return None
+
     # --- the end ------------------------------------------------------------------------
 
     def _stderr_tail(self) -> str:
         return "\n".join(self._stderr)[-STDERR_TAIL:]
 
-    def _journal_outcome(self, exit_code: int, session: Session) -> None:
+    def _journal_outcome(
+        self, exit_code: int, session: Session, gates_note: str | None = None
+    ) -> None:
         outcome = session.outcome
         reason = self.stop_reason
         if reason == "cancelled":
@@ -455,9 +549,12 @@ class TaskRun:
             if answer is None and self.transcript is not None:
                 answer = self.transcript.last_text
             answer = (answer or "").strip()
+            summary = answer[: 20_000 - len(gates_note) - 2] if gates_note else answer
+            if gates_note:
+                summary = f"{summary}\n\n{gates_note}".strip()
             self._journal(
                 "complete",
-                {"summary": answer[:20_000], "session_id": (outcome.session_id or None)},
+                {"summary": summary[:20_000], "session_id": (outcome.session_id or None)},
                 comment=answer[:100_000] or None,
             )
 

@@ -632,6 +632,7 @@ TRIGGERS = {
     "agent.commented": "commented",
     "agent.mentioned": "mentioned",
     "agent.woken": "unblocked",
+    "agent.gates_failed": "gates_failed",
 }
 
 
@@ -1648,3 +1649,94 @@ async def task_failed(
     outbox.add(
         "issue.updated", workspace.id, issue_id=issue.id, fields=changed, revision=issue.revision
     )
+
+
+async def _move_by_system(
+    session: AsyncSession, issue: Issue, category: str, changed: list[str]
+) -> bool:
+    """Move the issue to the workspace's first status of ``category`` (the system acts)."""
+    target = await _status_by_category(session, issue.workspace_id, category)
+    if target is None or target.id == issue.status_id:
+        return False
+    _record(session, issue, Actor(), "status_id", issue.status_id, target.id)
+    issue.status_id = target.id
+    issue.revision += 1
+    changed.append("status_id")
+    return True
+
+
+async def gates_passed(
+    session: AsyncSession, *, workspace: Workspace, issue_id: str, outbox: Outbox
+) -> None:
+    """The gates the workspace's tier requires pass after an agent's work (in the caller's
+    transaction): the issue moves to review unless it is there already (or done)."""
+    issue = await session.get(Issue, issue_id)
+    if issue is None:
+        return
+    status = await session.get(Status, issue.status_id)
+    if status is not None and status.category in ("in_review", "done", "cancelled"):
+        return
+    changed: list[str] = []
+    if await _move_by_system(session, issue, "in_review", changed):
+        issue.updated_at = now()
+        outbox.add(
+            "issue.updated",
+            workspace.id,
+            issue_id=issue.id,
+            fields=changed,
+            revision=issue.revision,
+        )
+
+
+async def gates_failed(
+    session: AsyncSession,
+    *,
+    workspace: Workspace,
+    issue_id: str,
+    agent_id: str,
+    report: str,
+    give_up: bool,
+    outbox: Outbox,
+) -> None:
+    """The gates the tier requires do not pass after an agent's work (in the caller's
+    transaction): the agent comments which gates block and why; then either the agent is
+    asked to fix them (a task with trigger ``gates_failed``) and an issue it moved to
+    review goes back to in progress, or — ``give_up``, its rounds are used up — the issue
+    is blocked for a person to look at. An issue done or cancelled meanwhile only gets
+    the comment."""
+    issue = await session.get(Issue, issue_id)
+    if issue is None:
+        return
+    comment = Comment(
+        workspace_id=workspace.id,
+        issue_id=issue.id,
+        author_agent_id=agent_id,
+        body=report,
+        created_at=(written := now()),
+        updated_at=written,
+    )
+    session.add(comment)
+    await session.flush()
+    changed = ["comments"]
+    status = await session.get(Status, issue.status_id)
+    category = status.category if status is not None else None
+    settled = category in ("done", "cancelled")  # a person closed it meanwhile: only say so
+    if settled:
+        pass
+    elif give_up:
+        if category != "blocked":
+            await _move_by_system(session, issue, "blocked", changed)
+    elif category == "in_review":
+        await _move_by_system(session, issue, "in_progress", changed)
+    issue.updated_at = now()
+    outbox.add("comment.created", workspace.id, issue_id=issue.id, comment_id=comment.id)
+    outbox.add(
+        "issue.updated", workspace.id, issue_id=issue.id, fields=changed, revision=issue.revision
+    )
+    if not give_up and not settled:
+        await _ask_agent(session, outbox, issue, agent_id, Actor(), "agent.gates_failed")
+
+
+async def issue_key_of(session: AsyncSession, workspace: Workspace, issue_id: str) -> str | None:
+    issue = await session.get(Issue, issue_id)
+    return None if issue is None else f"{workspace.key_prefix}-{issue.number}"

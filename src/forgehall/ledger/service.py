@@ -54,7 +54,7 @@ from sqlalchemy import and_, delete, func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 
-from forgehall.agents.dispatch import get_task_or_404
+from forgehall.agents.models import Task
 from forgehall.core.errors import ProblemError
 from forgehall.core.services import BackgroundService
 from forgehall.db.dialect import transaction_lock, upsert_insert
@@ -215,9 +215,8 @@ async def _check_submitter(
         return
     token = principal.token
     task_id = token.task_id if token is not None else None
-    try:
-        task = await get_task_or_404(session, access, task_id or "")
-    except ProblemError:
+    task = await session.get(Task, task_id) if task_id else None
+    if task is not None and task.workspace_id != access.workspace.id:
         task = None
     if (
         task is None
@@ -784,7 +783,13 @@ def _strictest(gate_sets: Iterable[str]) -> list[GateRequirement]:
 
 
 async def _readiness_of(
-    session: AsyncSession, workspace_id: str, tier: Tier, repository: str, commit: str
+    session: AsyncSession,
+    workspace_id: str,
+    tier: Tier,
+    repository: str,
+    commit: str,
+    *,
+    pending: bool = False,
 ) -> Readiness:
     gate_texts = (
         await session.scalars(
@@ -796,6 +801,23 @@ async def _readiness_of(
         )
     ).all()
     rules = _strictest(gate_texts)
+    # Pending entries first: one the sequencer moves meanwhile is then seen twice (and
+    # counted once), never missed.
+    waiting = (
+        (
+            await session.scalars(
+                select(_pending.c.entry)
+                .where(
+                    _pending.c.workspace_id == workspace_id,
+                    _pending.c.commit_sha == commit,
+                    _pending.c.repository == repository,
+                )
+                .order_by(_pending.c.id)
+            )
+        ).all()
+        if pending
+        else []
+    )
     here = (
         await session.scalars(
             select(LedgerEntry.entry)
@@ -807,7 +829,8 @@ async def _readiness_of(
             .order_by(LedgerEntry.position)
         )
     ).all()
-    entries = [json.loads(text) for text in here]
+    sequenced = set(here)
+    entries = [json.loads(text) for text in [*here, *(t for t in waiting if t not in sequenced)]]
     ran_here = {e.get("gate_id") for e in entries}
     for rule in rules:
         if tier in rule.required_in and rule.id not in ran_here:
@@ -900,3 +923,60 @@ async def readiness(
         for repo, sha in targets
     ]
     return ReadinessReport(chosen, results)
+
+
+# --- the gates of an agent's task --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskGates:
+    """What the gates run after an agent's task say: the readiness of each (repository,
+    commit) the task's entries name, and those entries (in ledger order)."""
+
+    tier: Tier
+    results: list[Readiness]
+    entries: list[dict[str, Any]]
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.results) and all(r.ready for r in self.results)
+
+
+async def task_gates(
+    session: AsyncSession, workspace_id: str, tier: Tier, task_id: str, issue_key: str
+) -> TaskGates | None:
+    """Readiness for ``tier`` of what task ``task_id`` (on issue ``issue_key``) submitted,
+    sequenced or still pending; None when it submitted nothing."""
+    waiting = (
+        await session.scalars(
+            select(_pending.c.entry)
+            .where(_pending.c.workspace_id == workspace_id, _pending.c.task_id == task_id)
+            .order_by(_pending.c.id)
+        )
+    ).all()
+    here = (
+        await session.scalars(
+            select(LedgerEntry.entry)
+            .where(
+                LedgerEntry.workspace_id == workspace_id,
+                LedgerEntry.issue_key == issue_key,  # indexed; a task's entries name its issue
+                LedgerEntry.task_id == task_id,
+            )
+            .order_by(LedgerEntry.position)
+        )
+    ).all()
+    sequenced = set(here)
+    entries = [json.loads(text) for text in [*here, *(t for t in waiting if t not in sequenced)]]
+    if not entries:
+        return None
+    targets = sorted({(e["scope"]["repository"], e["scope"]["commit"]) for e in entries}, key=str)
+    results = []
+    for repository, commit in targets:
+        if commit is None:
+            blocker = Blocker("-", "no commit", "not in a git repository with a commit")
+            results.append(Readiness(tier, repository, None, False, [], [], [blocker]))
+        else:
+            results.append(
+                await _readiness_of(session, workspace_id, tier, repository, commit, pending=True)
+            )
+    return TaskGates(tier, results, entries)

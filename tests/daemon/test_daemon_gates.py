@@ -1,0 +1,106 @@
+"""Gates after an agent's work, end to end: a real server, the real daemon, the fake
+Claude CLI, and a repository whose ``.forgehall/gates.yaml`` fails once, then passes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.fernet import Fernet
+
+from tests.daemon.harness import WS, Board, DaemonProcess, git, start_board, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def board(tmp_path: Path, sqlite_database_url: str) -> Iterator[Board]:
+    board = start_board(
+        tmp_path, sqlite_database_url, FORGEHALL_ENCRYPTION_KEY=Fernet.generate_key().decode()
+    )
+    yield board
+    board.api.close()
+    board.server.stop()
+
+
+def add_gates(board: Board, counter: Path) -> str:
+    """Commit a gates file to the origin: ``unit`` fails on its first run only (it counts
+    its runs in ``counter``, outside the worktree), ``lint`` always passes."""
+    (board.origin / ".forgehall").mkdir()
+    (board.origin / ".forgehall" / "gates.yaml").write_text(
+        "version: 1\n"
+        "gates:\n"
+        "  - id: unit\n"
+        "    command: >-\n"
+        f"      n=$(cat {counter} 2>/dev/null || echo 0); echo $((n+1)) > {counter};\n"
+        '      if [ "$n" -lt 1 ]; then echo "boom: test_redirect failed"; exit 1; fi; echo ok\n'
+        "  - id: lint\n"
+        "    command: echo clean\n"
+        "    required_in: [production]\n"
+    )
+    git("add", ".forgehall/gates.yaml", cwd=board.origin)
+    git("commit", "--quiet", "-m", "gates", cwd=board.origin)
+    return git("rev-parse", "HEAD", cwd=board.origin)
+
+
+def test_gates_run_after_the_agent_and_decide_where_the_issue_goes(
+    board: Board, tmp_path: Path
+) -> None:
+    commit = add_gates(board, tmp_path / "unit-runs")
+    board.add_agent("claude", FAKE_AGENT_MODE="ok")
+    daemon = DaemonProcess(board, FORGEHALL_DAEMON_CLAIM_WAIT="1").start()
+    try:
+        health = daemon.wait_running()
+        key = board.assign("Fix the login redirect", "claude")
+
+        def two_done() -> list[dict[str, Any]] | None:
+            rows = board.tasks(key)
+            finished = [t for t in rows if t["status"] in ("completed", "failed")]
+            return rows if len(rows) == 2 and len(finished) == 2 else None
+
+        rows = wait_for("the task and its gates follow-up", two_done, 60)
+        first, second = sorted(rows, key=lambda t: t["created_at"])
+        assert [first["status"], second["status"]] == ["completed", "completed"], rows
+        assert [first["trigger"], second["trigger"]] == ["assigned", "gates_failed"]
+        assert "Gates (tier prototype): 1 FAIL" in first["result"], first["result"]
+        assert "Gates (tier prototype): 1 PASS" in second["result"], second["result"]
+
+        # The failing gate went back to the agent, with the end of its output.
+        reports = [c for c in board.comments(key) if "The gates do not pass" in c["body"]]
+        (report,) = reports
+        assert report["author"] == {"kind": "agent", "id": board.agents["claude"]}
+        assert "`unit` — FAIL: exit 1" in report["body"]
+        assert "boom: test_redirect failed" in report["body"]
+        # The second run passed: the server moved the issue to review.
+        assert board.issue(key)["status"]["category"] == "in_review"
+
+        # The entries, in the ledger with the task's scope (once sequenced).
+        def sequenced() -> list[dict[str, Any]] | None:
+            page = board.api.get(
+                f"{WS}/ledger/entries", params={"issue_key": key, "order": "oldest"}
+            ).json()
+            return page["items"] if len(page["items"]) == 2 else None
+
+        entries = [row["entry"] for row in wait_for("the entries", sequenced, 30)]
+        assert [(e["gate_id"], e["result"]) for e in entries] == [
+            ("unit", "FAIL"),
+            ("unit", "PASS"),
+        ]
+        for entry, task in zip(entries, (first, second), strict=True):
+            scope = entry["scope"]
+            assert scope["task_id"] == task["id"]
+            assert scope["issue_key"] == key
+            assert scope["commit"] == commit
+            assert scope["branch"] == f"forgehall/claude/{key}"
+            assert scope["dirty"] is False
+            assert entry["tier"] == "prototype"
+            assert entry["runner"]["runtime_id"] == health["runtime_id"]
+        assert "boom: test_redirect failed" in entries[0]["stdout_excerpt"]
+        log = daemon.output()
+        for task, counts in ((first, "pass=0 fail=1"), (second, "pass=1 fail=0")):
+            line = f"task.gates_run task_id={task['id']} tier=prototype {counts} warn=0 skip=0"
+            assert line in log, log
+    finally:
+        assert daemon.stop() == 0, daemon.output()
