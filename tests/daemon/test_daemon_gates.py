@@ -104,3 +104,28 @@ def test_gates_run_after_the_agent_and_decide_where_the_issue_goes(
             assert line in log, log
     finally:
         assert daemon.stop() == 0, daemon.output()
+
+
+def test_an_invalid_gates_file_is_reported_and_nothing_is_submitted(board: Board) -> None:
+    (board.origin / ".forgehall").mkdir()
+    (board.origin / ".forgehall" / "gates.yaml").write_text(
+        "version: 1\ngates:\n  - id: unit\n    command: pytest\n    colour: red\n"
+    )
+    git("add", ".forgehall/gates.yaml", cwd=board.origin)
+    git("commit", "--quiet", "-m", "broken gates", cwd=board.origin)
+    board.add_agent("claude", FAKE_AGENT_MODE="ok")
+    daemon = DaemonProcess(board, FORGEHALL_DAEMON_CLAIM_WAIT="1").start()
+    try:
+        daemon.wait_running()
+        key = board.assign("Fix the login redirect", "claude")
+        done = board.wait_task(key, "completed", "failed")
+        assert done["status"] == "completed", "the agent's work is reported all the same"
+        assert "does not validate" in done["result"], done["result"]
+        assert "colour" in done["result"], "the problem is named"
+        entries = board.api.get(f"{WS}/ledger/entries", params={"issue_key": key})
+        assert entries.status_code == 200, entries.text
+        assert entries.json()["items"] == [], "nothing recorded"
+        assert len(board.tasks(key)) == 1, "no gates_failed follow-up"
+        assert "task.gates_invalid" in daemon.output()
+    finally:
+        assert daemon.stop() == 0, daemon.output()
