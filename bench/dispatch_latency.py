@@ -51,11 +51,9 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -65,23 +63,12 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
 import structlog
-from sqlalchemy import insert, select
+from _server_bench import BenchError, asyncpg_dsn, clean_env, expect, free_port, percentile, prepare
 from sqlalchemy.engine import make_url
-
-from forgehall.db.engine import Database
-from forgehall.db.migrate import upgrade_to_head
-from forgehall.db.url import resolve_database
-from forgehall.identity import service as identity_service
-from forgehall.identity.models import User
-from forgehall.issues.models import Issue, Status
-from forgehall.issues.service import create_default_statuses
-from forgehall.settings import Settings
-from forgehall.workspaces.models import Member, Workspace
 
 TARGET_P50_MS = 20.0
 TARGET_P99_MS = 100.0
@@ -92,90 +79,7 @@ HANDOUT_TIMEOUT_S = 30.0
 CLAIM_WAIT_S = 30
 WS = "/api/v1/workspaces/bench"
 DAEMON = "/api/v1/daemon"
-TABLES = Issue.metadata.tables
-
-
-class BenchError(Exception):
-    """The server failed, or a task was never handed out."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def clean_env() -> dict[str, str]:
-    """The caller's environment without anything that configures Forgehall."""
-    return {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("FORGEHALL_") and key not in ("DATABASE_URL", "PORT")
-    }
-
-
-def asyncpg_dsn(url: str, database: str | None = None) -> str:
-    parsed = make_url(url)
-    if database is not None:
-        parsed = parsed.set(database=database)
-    return parsed.set(drivername="postgresql", query={}).render_as_string(hide_password=False)
-
-
-def percentile(samples: Sequence[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[max(math.ceil(q / 100 * len(ordered)) - 1, 0)]
-
-
-# --- data and server -----------------------------------------------------------------------
-
-
-async def prepare(url: str, issues: int) -> str:
-    """Migrate and fill the database; return the owner's personal access token."""
-    db = Database(resolve_database(Settings(database_url=url)))
-    try:
-        await upgrade_to_head(db)
-        async with db.session() as session:
-            owner = User(email="owner@bench.example", name="owner")
-            session.add(owner)
-            await session.flush()
-            workspace = Workspace(slug="bench", name="Bench", key_prefix="ENG", created_by=owner.id)
-            session.add(workspace)
-            await session.flush()
-            session.add(Member(workspace_id=workspace.id, user_id=owner.id, role="OWNER"))
-            await create_default_statuses(session, workspace.id)
-            await session.commit()
-            todo = await session.scalar(
-                select(Status.id).where(
-                    Status.workspace_id == workspace.id, Status.category == "todo"
-                )
-            )
-            issued = await identity_service.create_token(session, owner, kind="pat", name="bench")
-        rows = [
-            {
-                "id": f"{n:032x}",
-                "workspace_id": workspace.id,
-                "number": n,
-                "title": f"Bench issue {n}",
-                "description": "Dispatch latency benchmark.",
-                "status_id": todo,
-                "priority": "none",
-                "creator_user_id": owner.id,
-                "position": float(n),
-            }
-            for n in range(1, issues + 1)
-        ]
-        async with db.engine.begin() as conn:
-            for start in range(0, len(rows), 2000):
-                await conn.execute(insert(TABLES["issues"]), rows[start : start + 2000])
-            await conn.execute(
-                insert(TABLES["issue_counters"]).values(
-                    workspace_id=workspace.id, last_number=issues
-                )
-            )
-        return issued.plaintext
-    finally:
-        await db.dispose()
+DESCRIPTION = "Dispatch latency benchmark."
 
 
 @dataclass
@@ -245,13 +149,6 @@ def wait_ready(server: Server) -> None:
 
 
 # --- the measurement -----------------------------------------------------------------------
-
-
-def expect(response: httpx.Response, code: int, what: str) -> dict[str, Any]:
-    if response.status_code != code:
-        raise BenchError(f"{what}: {response.status_code} {response.text[:500]}")
-    body: dict[str, Any] = response.json()
-    return body
 
 
 @dataclass
@@ -400,7 +297,7 @@ async def run_sqlite(args: argparse.Namespace) -> None:
         root = Path(tmp)
         url = f"sqlite:///{root / 'bench.db'}"
         print(f"\n=== SQLite, database file {root / 'bench.db'}", flush=True)
-        token = await prepare(url, args.warmup + args.assignments)
+        token = await prepare(url, args.warmup + args.assignments, DESCRIPTION)
         with serving(url, root) as server:
             samples = await measure(server, token, args)
         report("sqlite", samples)
@@ -420,7 +317,9 @@ async def run_postgresql(args: argparse.Namespace) -> None:
     print(f"\n=== PostgreSQL {version}, scratch database {name}", flush=True)
     try:
         with tempfile.TemporaryDirectory(prefix="fh_bench_") as tmp:
-            token = await prepare(url, args.warmup + args.assignments)
+            token = await prepare(
+                url, args.warmup + args.assignments, "Dispatch latency benchmark."
+            )
             with serving(url, Path(tmp)) as server:
                 samples = await measure(server, token, args)
     finally:
