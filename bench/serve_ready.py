@@ -37,7 +37,6 @@ import contextlib
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from _server_bench import clean_env, free_port
 
 TARGET_MS = 2000.0
 POLL_INTERVAL_S = 0.010
@@ -101,23 +101,6 @@ class Variant:
     launch: Callable[[str], Launch]
     timings_ms: list[float] = field(default_factory=list)
     exit_codes: list[int | None] = field(default_factory=list)
-
-
-def free_port() -> int:
-    """A port that is free right now (bind to port 0 and let the kernel choose)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def clean_env() -> dict[str, str]:
-    """The caller's environment without anything that configures Forgehall."""
-    return {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("FORGEHALL_") and key not in ("DATABASE_URL", "PORT")
-    }
 
 
 def forgehall_launch(data_dir: Path, workdir: Path) -> Launch:
