@@ -44,7 +44,6 @@ from forgehall.core.logging import configure_logging
 from forgehall.db.engine import Database
 from forgehall.db.migrate import SchemaAheadError, upgrade_to_head
 from forgehall.db.url import DatabaseUrlError, resolve_database
-from forgehall.embedded_runtime import EmbeddedRuntime
 from forgehall.settings import LoadedSettings, Settings, parse_host_port
 
 log = structlog.get_logger("forgehall.server")
@@ -241,6 +240,8 @@ async def _run(loaded: LoadedSettings, mode: Literal["serve", "up"]) -> int:
     asyncio.get_running_loop().create_task(db.warm())
     runtime = None
     if mode == "up" and settings.embedded_runtime:
+        from forgehall.embedded_runtime import EmbeddedRuntime  # `serve` never loads it
+
         runtime = EmbeddedRuntime(
             db, server_url=f"http://{_loopback(settings.host)}:{port}", data_dir=settings.data_dir
         )
