@@ -9,6 +9,7 @@ import math
 import os
 import socket
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -46,6 +47,21 @@ def clean_env() -> dict[str, str]:
         for key, value in os.environ.items()
         if not key.startswith("FORGEHALL_") and key not in ("DATABASE_URL", "PORT")
     }
+
+
+def server_env(database_url: str, workdir: Path, port: int) -> dict[str, str]:
+    """The environment of a ``forgehall serve`` under measurement: quiet, unbuffered."""
+    env = clean_env()
+    env.update(
+        {
+            "PORT": str(port),
+            "DATABASE_URL": database_url,
+            "FORGEHALL_DATA_DIR": str(workdir / "data"),
+            "FORGEHALL_LOG_LEVEL": "warning",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
 
 
 def asyncpg_dsn(url: str, database: str | None = None) -> str:

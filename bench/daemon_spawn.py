@@ -78,7 +78,16 @@ from typing import Any
 import asyncpg
 import httpx
 import structlog
-from _server_bench import BenchError, asyncpg_dsn, clean_env, expect, free_port, percentile, prepare
+from _server_bench import (
+    BenchError,
+    asyncpg_dsn,
+    clean_env,
+    expect,
+    free_port,
+    percentile,
+    prepare,
+    server_env,
+)
 from sqlalchemy.engine import make_url
 
 TARGET_P50_MS = 100.0
@@ -146,16 +155,7 @@ def stop_process(process: Process) -> None:
 def serving(database_url: str, workdir: Path) -> Iterator[str]:
     """``forgehall serve`` on ``database_url``; yields its URL; always stopped."""
     port = free_port()
-    env = clean_env()
-    env.update(
-        {
-            "PORT": str(port),
-            "DATABASE_URL": database_url,
-            "FORGEHALL_DATA_DIR": str(workdir / "data"),
-            "FORGEHALL_LOG_LEVEL": "warning",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
+    env = server_env(database_url, workdir, port)
     server = start_process([sys.executable, "-m", "forgehall", "serve"], env, workdir, "server")
     url = f"http://127.0.0.1:{port}"
     try:

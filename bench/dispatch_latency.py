@@ -67,7 +67,15 @@ from pathlib import Path
 import asyncpg
 import httpx
 import structlog
-from _server_bench import BenchError, asyncpg_dsn, clean_env, expect, free_port, percentile, prepare
+from _server_bench import (
+    BenchError,
+    asyncpg_dsn,
+    expect,
+    free_port,
+    percentile,
+    prepare,
+    server_env,
+)
 from sqlalchemy.engine import make_url
 
 TARGET_P50_MS = 20.0
@@ -97,16 +105,7 @@ class Server:
 def serving(database_url: str, workdir: Path) -> Iterator[Server]:
     """``forgehall serve`` on ``database_url``; always stopped (or killed) on the way out."""
     port = free_port()
-    env = clean_env()
-    env.update(
-        {
-            "PORT": str(port),
-            "DATABASE_URL": database_url,
-            "FORGEHALL_DATA_DIR": str(workdir / "data"),
-            "FORGEHALL_LOG_LEVEL": "warning",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
+    env = server_env(database_url, workdir, port)
     log_path = workdir / "server.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
