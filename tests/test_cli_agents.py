@@ -12,57 +12,22 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.process import PYTHON, ServerProcess, base_env
-from tests.test_cli_issues import Person, _invitation_token, _login, at_once, cli
+from tests.process import PYTHON, ServerProcess
+from tests.test_cli_issues import Person, Team, at_once, cli, team_of_two
 
 pytestmark = pytest.mark.slow
 
 
-@dataclass
-class Team:
-    server: ServerProcess
-    ann: Person  # OWNER
-    bob: Person  # MEMBER
-
-
 @pytest.fixture(scope="module")
 def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
-    tmp = tmp_path_factory.mktemp("agents")
-    ann_env = base_env(tmp, XDG_CONFIG_HOME=str(tmp / "ann"))
-    bob_env = {**ann_env, "XDG_CONFIG_HOME": str(tmp / "bob")}
-    with ServerProcess(tmp, env=dict(ann_env)) as server:
-        server.wait_ready()
-        board = f"{server.url}/api/v1/workspaces/team"
-        ann_token = _login(server, ann_env, "ann@example.com")
-        created = cli("workspace", "create", "team", "--key-prefix", "ENG", env=ann_env)
-        assert created.returncode == 0, created.stderr
-        bob_token = _login(server, bob_env, "bob@example.com")
-        invited = cli("member", "invite", "bob@example.com", env=ann_env)
-        assert invited.returncode == 0, invited.stderr
-        accepted = httpx.post(
-            f"{server.url}/api/v1/invitations/"
-            f"{_invitation_token(server, 'bob@example.com')}/accept",
-            headers={"authorization": f"Bearer {bob_token}"},
-        )
-        assert accepted.status_code == 200, accepted.text
-        bob_env["FORGEHALL_WORKSPACE"] = "team"
-        with (
-            httpx.Client(base_url=board, headers={"authorization": f"Bearer {ann_token}"}) as a,
-            httpx.Client(base_url=board, headers={"authorization": f"Bearer {bob_token}"}) as b,
-        ):
-            yield Team(
-                server,
-                Person("ann@example.com", ann_env, a),
-                Person("bob@example.com", bob_env, b),
-            )
-        assert server.stop() == 0
+    with team_of_two(tmp_path_factory.mktemp("agents")) as team:
+        yield team
 
 
 class Daemon:

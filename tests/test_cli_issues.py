@@ -6,6 +6,7 @@ is invited and accepts). Every command runs as a subprocess, as a user would run
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -136,9 +137,10 @@ def _invitation_token(server: ServerProcess, email: str, timeout: float = 15) ->
     raise AssertionError("no invitation in the server log:\n" + server.output())
 
 
-@pytest.fixture(scope="module")
-def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
-    tmp = tmp_path_factory.mktemp("board")
+@contextlib.contextmanager
+def team_of_two(tmp: Path) -> Iterator[Team]:
+    """A server; ann (OWNER) creates workspace ``team`` (prefix ENG) through the CLI and
+    invites bob (MEMBER), who accepts and makes it his current workspace."""
     ann_env = base_env(tmp, XDG_CONFIG_HOME=str(tmp / "ann"))
     bob_env = {**ann_env, "XDG_CONFIG_HOME": str(tmp / "bob")}
     with ServerProcess(tmp, env=dict(ann_env)) as server:
@@ -162,14 +164,20 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
             httpx.Client(base_url=board, headers={"authorization": f"Bearer {ann_token}"}) as a,
             httpx.Client(base_url=board, headers={"authorization": f"Bearer {bob_token}"}) as b,
         ):
-            for name in ("bug", "ui", "batch"):
-                assert a.post("/labels", json={"name": name}).status_code == 201
             yield Team(
                 server,
                 Person("ann@example.com", ann_env, a),
                 Person("bob@example.com", bob_env, b),
             )
         assert server.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
+    with team_of_two(tmp_path_factory.mktemp("board")) as team:
+        for name in ("bug", "ui", "batch"):
+            assert team.ann.api.post("/labels", json={"name": name}).status_code == 201
+        yield team
 
 
 def _keys(rows: list[dict[str, Any]]) -> list[str]:

@@ -230,11 +230,11 @@ async def usage(
     bus: EventBusDep,
 ) -> TaskStateOut:
     outbox = Outbox()
-    await dispatch.report_usage(
+    task = await dispatch.report_usage(
         session, access, settings, task_id, body.lease_token, body.usage, outbox
     )
     await outbox.publish(bus)
-    return _state(await dispatch.get_task_or_404(session, access, task_id))
+    return _state(task)
 
 
 @router.post(

@@ -55,6 +55,7 @@ from forgehall.agents.service import (
     agent_env,
     eligible_runtimes,
     get_agent_or_404,
+    pool_runtimes,
     runtime_providers,
 )
 from forgehall.core.errors import ProblemError
@@ -461,7 +462,7 @@ async def report_usage(
     lease_token: str,
     usage: Sequence[UsageIn],
     outbox: Outbox,
-) -> None:
+) -> Task:
     await _task_in(session, access, task_id)
     task = await queue.report(session, task_id, lease_token)
     named = {entry.model for entry in usage}
@@ -484,6 +485,7 @@ async def report_usage(
         row.updated_at = _now()
     await session.commit()
     outbox.add("task.usage", task.workspace_id, task_id=task.id)
+    return task
 
 
 async def renew(session: AsyncSession, access: Access, task_id: str, lease_token: str) -> Task:
@@ -772,12 +774,7 @@ async def fail_unrunnable(db: Database, bus: EventBus | None) -> list[str]:
             agent = agents.get(task.agent_id)
             if agent is None:
                 continue
-            pool = set(json.loads(agent.runtime_pool or "[]"))
-            online = [
-                r
-                for r in runtimes
-                if r.workspace_id == agent.workspace_id and (not pool or r.id in pool)
-            ]
+            online = pool_runtimes(agent, runtimes, moment)
             if not online or eligible_runtimes(agent, online, moment):
                 continue
             names = ", ".join(

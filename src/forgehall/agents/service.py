@@ -467,16 +467,22 @@ def runtime_providers(runtime: Runtime) -> dict[str, str]:
     return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
-def eligible_runtimes(agent: Agent, runtimes: Iterable[Runtime], now: datetime) -> list[Runtime]:
-    """Online runtimes of the agent's pool that support its provider."""
+def pool_runtimes(agent: Agent, runtimes: Iterable[Runtime], now: datetime) -> list[Runtime]:
+    """Online runtimes of the agent's pool (any of the workspace when the pool is empty)."""
     pool = set(_load_list(agent.runtime_pool))
     return [
         r
         for r in runtimes
         if r.workspace_id == agent.workspace_id
         and (not pool or r.id in pool)
-        and agent.provider in runtime_providers(r)
         and runtime_online(r, now)
+    ]
+
+
+def eligible_runtimes(agent: Agent, runtimes: Iterable[Runtime], now: datetime) -> list[Runtime]:
+    """Online runtimes of the agent's pool that support its provider."""
+    return [
+        r for r in pool_runtimes(agent, runtimes, now) if agent.provider in runtime_providers(r)
     ]
 
 
