@@ -744,7 +744,6 @@ async def fail_unrunnable(db: Database, bus: EventBus | None) -> list[str]:
                     .where(Task.status == "queued", Task.created_at < moment - UNRUNNABLE_AFTER)
                     .order_by(Task.created_at)
                     .limit(500)
-                    .with_for_update(skip_locked=True)
                 )
             ).scalars()
         )
@@ -769,7 +768,7 @@ async def fail_unrunnable(db: Database, bus: EventBus | None) -> list[str]:
                 )
             ).scalars()
         )
-        failed = []
+        doomed: dict[str, str] = {}
         for task in waiting:
             agent = agents.get(task.agent_id)
             if agent is None:
@@ -781,15 +780,29 @@ async def fail_unrunnable(db: Database, bus: EventBus | None) -> list[str]:
                 f"{r.machine or r.daemon_id} ({', '.join(sorted(runtime_providers(r))) or 'none'})"
                 for r in online
             )
-            queue.fail_queued(
-                task,
-                "agent_error",
+            doomed[task.id] = (
                 f"no online runtime can run provider {agent.provider!r}: the runtimes of this "
                 f"agent's pool have {names}. Install the {agent.provider} CLI on one of them "
                 "(`forgehall daemon providers` shows what a daemon found), or change the "
-                "agent's provider, then run the task again.",
+                "agent's provider, then run the task again."
             )
-            failed.append(task)
+        # Lock only what fails, and only if a claim did not take it meanwhile.
+        failed = (
+            list(
+                (
+                    await session.execute(
+                        select(Task)
+                        .where(Task.id.in_(list(doomed)), Task.status == "queued")
+                        .with_for_update(skip_locked=True)
+                        .execution_options(populate_existing=True)
+                    )
+                ).scalars()
+            )
+            if doomed
+            else []
+        )
+        for task in failed:
+            queue.fail_queued(task, "agent_error", doomed[task.id])
         if failed:
             await session.flush()
             await _stopped(session, failed, outbox)
