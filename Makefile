@@ -5,19 +5,39 @@ SHELL := /bin/bash
 export UV_PYTHON_DOWNLOADS := never
 UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 
-.PHONY: bootstrap up test check lint types contracts docs bench
+.PHONY: bootstrap assets browser up test check lint types contracts docs bench
 
-bootstrap:
+VENDOR = src/forgehall/web/static/vendor
+
+bootstrap: $(VENDOR)/.stamp
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	@$(UV) sync --frozen --quiet
 	@$(UV) run --no-sync python -m compileall -q src >/dev/null
+
+## The web UI's front-end libraries: installed from the npm registry by the committed
+## lockfile and copied into the static folder (never committed).
+assets: $(VENDOR)/.stamp
+
+$(VENDOR)/.stamp: package.json package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "npm is needed to install the web UI's front-end libraries (Debian: apt-get install npm)" >&2; exit 1; }
+	@npm ci --no-audit --no-fund --loglevel=error >/dev/null
+	@mkdir -p $(VENDOR)
+	@cp node_modules/htmx.org/dist/htmx.min.js $(VENDOR)/htmx.min.js
+	@touch $@
+
+## Debian's Chromium for the browser tests (the tests never download a browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 ## Run Forgehall for one person on embedded SQLite (prints the URL to open).
 up: bootstrap
 	$(UV) run --no-sync forgehall up
 
 ## Run the whole test suite (SQLite and PostgreSQL; see tests/conftest.py).
-test: bootstrap
+test: bootstrap browser
 	$(UV) run --no-sync pytest
 
 ## Lint, format check, mypy --strict and the import-linter layer contracts.

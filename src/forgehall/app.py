@@ -46,7 +46,7 @@ from forgehall.live.routes import router as live_router
 from forgehall.ops.routes import router as ops_router
 from forgehall.ops.service import EventRetention, JobHistoryRetention, SqliteStatistics
 from forgehall.settings import Problem, Settings, check_settings
-from forgehall.web.routes import router as web_router
+from forgehall.web import site as web_site
 from forgehall.workspaces.routes import router as workspaces_router
 
 log = structlog.get_logger("forgehall.app")
@@ -193,8 +193,9 @@ def create_app(
     app.state.events = bus
     install_error_handlers(app)
     app.add_exception_handler(MailDeliveryError, _on_mail_failure)
-    for router in (ops_router, config_router, web_router, live_router):
+    for router in (ops_router, config_router, live_router):
         app.include_router(router)
+    web_site.install(app)
     # JSON API routers: every route documents the problem responses it may give.
     for router in (
         auth_router,

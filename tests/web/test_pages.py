@@ -70,8 +70,10 @@ async def test_invitation_page_after_sign_in(
             accepted = await browser.post(f"/invitations/{token}/accept")
             assert accepted.status_code == 303
             home = await browser.get("/")
-            assert re.search(r"Team\s*<span", home.text)
-            assert "team, MEMBER" in home.text
+            assert re.search(r">Team</a>", home.text), (
+                "the new workspace is listed on the home page"
+            )
+            assert "<td>member</td>" in home.text, "with the role it has there"
             out = await browser.post("/logout")
             assert out.headers["location"] == "/login"
             assert (await browser.get("/")).status_code == 303

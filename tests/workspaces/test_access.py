@@ -162,6 +162,8 @@ PUBLIC_ROUTES = {
     ("GET", "/invitations/{token}"),
     ("POST", "/invitations/{token}/{answer}"),
     ("POST", "/auth/cli/authorize"),
+    ("POST", "/workspaces"),  # the home page's create form: back to /login when signed out
+    ("GET", "/switch"),  # the workspace menu without JavaScript: only a redirect
     # The ledger's checkpoint-signing public key: what an offline verifier needs.
     ("GET", "/api/v1/ledger/public-key"),
 }

@@ -1392,6 +1392,38 @@ async def list_issues(
     return [row[0] for row in rows], next_cursor
 
 
+async def count_by_status(session: AsyncSession, access: Access, f: IssueFilter) -> dict[str, int]:
+    """How many issues of each status match the filter (the board's column counts).
+
+    The same filters as :func:`list_issues` (its status, sort and paging fields are
+    ignored): one GROUP BY over the workspace's status index."""
+    conditions: list[Any] = [Issue.workspace_id == access.workspace.id]
+    if f.assignee:
+        conditions.append(_assignee_clause(access, f.assignee))
+    for label_id in f.label_ids:
+        conditions.append(
+            select(IssueLabel.issue_id)
+            .where(IssueLabel.issue_id == Issue.id, IssueLabel.label_id == label_id)
+            .exists()
+        )
+    if f.priorities:
+        conditions.append(Issue.priority.in_(f.priorities))
+    if f.parent:
+        parent = await get_issue_or_404(session, access, f.parent)
+        conditions.append(Issue.parent_id == parent.id)
+    if f.text:
+        if not search_tokens(f.text):
+            return {}
+        await plan_for_the_words(session)
+        matching = await reach(session, access.workspace.id, f.text)
+        assert matching is not None
+        conditions.append(matching.matches())
+    rows = await session.execute(
+        select(Issue.status_id, func.count()).where(*conditions).group_by(Issue.status_id)
+    )
+    return {status_id: int(n) for status_id, n in rows.all()}
+
+
 def _after(column: Any, typed: Any, last_id: str, descending: bool) -> Any:
     """The rows after a cursor at ``(typed, last_id)`` in ``(column, id)`` order."""
     if typed is None:  # inside the trailing run of empty values (due dates)

@@ -6,13 +6,12 @@ field with what the user typed kept. ``next`` is only ever a relative path.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any
-from urllib.parse import urlencode
+from typing import Annotated
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from forgehall.core.deps import SessionDep, SettingsDep
 from forgehall.core.errors import ProblemError
@@ -24,8 +23,9 @@ from forgehall.identity.auth import (
     end_session,
     start_session,
 )
+from forgehall.identity.models import User
+from forgehall.web.pages import discard, render, user_shell
 
-templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 router = APIRouter(include_in_schema=False)
 
 
@@ -34,10 +34,6 @@ def safe_next(value: str | None) -> str:
     if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
         return "/"
     return value
-
-
-def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
-    return templates.TemplateResponse(request, template, context, status_code=status)
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -162,14 +158,75 @@ async def cli_authorize(
 async def home(request: Request, principal: OptionalPrincipal, session: SessionDep) -> Response:
     if principal is None or principal.kind != "session":
         return RedirectResponse("/login", status_code=303)
+    return await _home(request, session, principal.user)
+
+
+async def _home(
+    request: Request,
+    session: AsyncSession,
+    user: User,
+    status: int = 200,
+    error: str | None = None,
+    typed: dict[str, str] | None = None,
+) -> HTMLResponse:
     from forgehall.workspaces.service import list_workspaces
 
     return render(
         request,
         "home.html",
-        user=principal.user,
-        workspaces=await list_workspaces(session, principal.user),
+        status=status,
+        **user_shell(user, "home"),
+        workspaces=await list_workspaces(session, user),
+        error=error,
+        typed=typed or {},
     )
+
+
+@router.post("/workspaces", response_model=None)
+async def create_workspace_page(
+    request: Request,
+    principal: OptionalPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+    name: Annotated[str, Form()] = "",
+    slug: Annotated[str, Form()] = "",
+    key_prefix: Annotated[str, Form()] = "",
+) -> Response:
+    from forgehall.workspaces.service import create_workspace
+
+    if principal is None or principal.kind != "session":
+        return RedirectResponse("/login", status_code=303)
+    typed = {"name": name, "slug": slug, "key_prefix": key_prefix}
+    try:
+        for field, value, most in (
+            ("name", name, 200),
+            ("slug", slug, 60),
+            ("key_prefix", key_prefix, 10),
+        ):
+            if not value.strip() or len(value.strip()) > most:
+                raise ProblemError(
+                    422, f"{field.replace('_', ' ')} needs 1 to {most} characters", field=field
+                )
+        workspace = await create_workspace(
+            session,
+            settings,
+            principal.user,
+            slug=slug.strip(),
+            name=name.strip(),
+            key_prefix=key_prefix.strip(),
+        )
+    except ProblemError as exc:
+        await discard(session, principal.user)
+        return await _home(request, session, principal.user, exc.status, exc.detail, typed)
+    return RedirectResponse(f"/w/{workspace.slug}/board", status_code=303)
+
+
+@router.get("/switch", response_model=None)
+async def switch_workspace(to: str = "") -> Response:
+    """The workspace menu without JavaScript: go to the chosen workspace's board."""
+    if not to or "/" in to or "?" in to or "\\" in to:
+        return RedirectResponse("/", status_code=303)
+    return RedirectResponse(f"/w/{quote(to)}/board", status_code=303)
 
 
 @router.post("/logout", response_model=None)
