@@ -62,7 +62,8 @@ async def test_board_columns_counts_quick_create_and_move(browser: httpx.AsyncCl
     done = status_id(board.text, "Done")
     # The count of the Todo column says 1; the card sits in that column.
     todo_column = board.text.split(f'data-status="{todo}"', 1)[1].split("</section>", 1)[0]
-    assert "data-count>1<" in todo_column and key in todo_column
+    assert "data-count>1<" in todo_column
+    assert key in todo_column
 
     # The keyboard's Move form (no JavaScript): status changes, back to the board.
     moved = await browser.post(
@@ -108,10 +109,12 @@ async def test_filters_live_in_the_url_and_a_bad_search_is_explained(
     await create(browser, "Parser crashes on empty input")
     await create(browser, "Update the logo")
     found = await browser.get("/w/platform/board", params={"q": "parser", "priority": ""})
-    assert "Parser crashes" in found.text and "Update the logo" not in found.text
+    assert "Parser crashes" in found.text
+    assert "Update the logo" not in found.text
     assert 'value="parser"' in found.text, "the filter form shows the filter in use"
     listed = await browser.get("/w/platform/issues", params={"q": "logo"})
-    assert "Update the logo" in listed.text and "Parser crashes" not in listed.text
+    assert "Update the logo" in listed.text
+    assert "Parser crashes" not in listed.text
     bad = await browser.get("/w/platform/issues", params={"sort": "sideways"})
     assert bad.status_code == 200
     assert "unknown sort" in bad.text
@@ -163,7 +166,8 @@ async def test_forms_keep_what_was_typed_and_show_the_error(browser: httpx.Async
     )
     assert bad_date.status_code == 422
     assert "is not a date" in bad_date.text
-    assert 'value="31/12/2026"' in bad_date.text and 'value="Renamed"' in bad_date.text
+    assert 'value="31/12/2026"' in bad_date.text
+    assert 'value="Renamed"' in bad_date.text
     still = await browser.get(f"/w/platform/issues/{key}")
     assert "<h1>Form errors</h1>" in still.text, "a refused form changes nothing"
     # A stale revision: the newer state is shown with what was typed kept.
@@ -175,7 +179,8 @@ async def test_forms_keep_what_was_typed_and_show_the_error(browser: httpx.Async
         data={"revision": revision, "description": "my long text"},
     )
     assert stale.status_code == 409
-    assert "reload and try again" in stale.text and "my long text" in stale.text
+    assert "reload and try again" in stale.text
+    assert "my long text" in stale.text
     blocker = await browser.post(
         f"/w/platform/issues/{key}/dependencies", data={"blocked_by": "PLT-999"}
     )
