@@ -240,3 +240,22 @@ async def test_other_workspaces_look_like_nothing_and_signed_out_goes_to_login(
         api = await anonymous.get("/api/v1/workspaces", headers={"accept": "application/json"})
         assert api.status_code == 401
         assert api.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_live_fragments_answer_with_just_their_part(browser: httpx.AsyncClient) -> None:
+    key = await create(browser, "Fragments")
+    fragment = {"hx-request": "true"}
+    for part, element_id in (
+        ("main", "issue-main"),
+        ("fields", "issue-fields"),
+        ("comments", "comments"),
+        ("tasks", "tasks"),
+    ):
+        got = await browser.get(
+            f"/w/platform/issues/{key}", params={"part": part}, headers=fragment
+        )
+        assert got.status_code == 200, (part, got.text[:300])
+        assert got.text.lstrip().startswith(f'<section id="{element_id}"'), (part, got.text[:200])
+        assert "<html" not in got.text
+    board = await browser.get("/w/platform/board", headers=fragment)
+    assert board.text.lstrip().startswith('<div id="board"')

@@ -136,6 +136,12 @@ class EventBus:
         self._wake.set()
 
     # --- consuming ------------------------------------------------------------------
+    @property
+    def position(self) -> int:
+        """Every event up to this id has been delivered here: a page rendered now can
+        resume its live connection from it (``last_event_id``) and miss nothing."""
+        return self._last_id
+
     def subscribe(self, workspace_id: str) -> Subscription:
         subscription = Subscription(self, workspace_id)
         self._subscribers.setdefault(workspace_id, set()).add(subscription)

@@ -24,7 +24,7 @@ from forgehall.core.deps import EventBusDep, SessionDep
 from forgehall.core.errors import ProblemError
 from forgehall.issues import service
 from forgehall.issues.models import Issue
-from forgehall.web.pages import discard, is_fragment, page, render
+from forgehall.web.pages import discard, fragment, is_fragment, page, render
 from forgehall.workspaces.access import Access, MemberAccess
 from forgehall.workspaces.service import list_members
 
@@ -188,7 +188,7 @@ async def board_page(
         "column_limit": COLUMN_LIMIT,
     }
     if is_fragment(request):
-        return render(request, "board/_board.html", **context)
+        return fragment(request, access, "board/_board.html", **context)
     return await page(request, session, access, "board/board.html", "board", **context)
 
 
@@ -400,7 +400,7 @@ async def issue_page(
 ) -> HTMLResponse:
     context = await issue_context(session, access, key)
     if part in PARTS and is_fragment(request):
-        return render(request, f"board/_issue_{part}.html", **context)
+        return fragment(request, access, f"board/_issue_{part}.html", **context)
     return await page(request, session, access, "board/issue.html", "issues", **context)
 
 

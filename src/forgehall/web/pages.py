@@ -121,6 +121,11 @@ def is_fragment(request: Request) -> bool:
     return request.headers.get("hx-request") == "true"
 
 
+def fragment(request: Request, access: Access, template: str, **context: Any) -> HTMLResponse:
+    """A part of a workspace page (live refresh, htmx), with what the shell would give it."""
+    return render(request, template, workspace=access.workspace, access=access, **context)
+
+
 async def shell(session: AsyncSession, access: Access, section: str) -> dict[str, Any]:
     """The navigation's context: who, which workspace, the others, unread count."""
     user = access.principal.user
@@ -145,7 +150,15 @@ async def page(
     **context: Any,
 ) -> HTMLResponse:
     """A page of a workspace, inside the application shell."""
-    return render(request, template, status, **(await shell(session, access, section)), **context)
+    bus = getattr(request.app.state, "events", None)
+    return render(
+        request,
+        template,
+        status,
+        **(await shell(session, access, section)),
+        last_event_id=bus.position if bus is not None else None,
+        **context,
+    )
 
 
 async def discard(session: AsyncSession, *keep: object) -> None:

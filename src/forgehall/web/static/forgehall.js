@@ -84,7 +84,9 @@
   }
 
   // --- the live connection: reconnects with backoff and resumes from the last event --------
-  let lastId = null;
+  // Resume from the newest event the page was rendered after: nothing between the render
+  // and the connection is lost.
+  let lastId = body.dataset.lastEvent ? Number(body.dataset.lastEvent) : null;
   let backoff = 1000;
   let everConnected = false;
   const banner = document.getElementById("live-banner");

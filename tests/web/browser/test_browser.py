@@ -1,0 +1,164 @@
+"""The web UI in a real browser (headless Debian Chromium), on SQLite and PostgreSQL:
+first run, email-code login, a workspace, the board with drag-and-drop, a second person
+invited and watching changes arrive live, an agent run by a real daemon with a fake CLI
+whose transcript streams into the page, and cancelling it."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import httpx
+from playwright.sync_api import Browser, Page, expect
+
+from tests.daemon.harness import Board, DaemonProcess, make_origin
+from tests.web.browser.conftest import Mailbox, Site, new_page, screenshot, sign_in
+
+WS = "/api/v1/workspaces/platform"
+
+
+def first_admin(page: Page, site: Site) -> None:
+    page.goto(site.setup_link())
+    expect(page.get_by_role("heading", name="Create the administrator")).to_be_visible()
+    page.get_by_label("Your email address").fill("ada@example.com")
+    page.get_by_role("button", name="Create administrator").click()
+    expect(page.get_by_role("heading", name="Welcome, ada")).to_be_visible()
+
+
+def create_workspace(page: Page) -> None:
+    page.get_by_label("Name", exact=True).fill("Platform")
+    page.get_by_label("Address").fill("platform")
+    page.get_by_label("Issue key prefix").fill("PLT")
+    page.get_by_role("button", name="Create workspace").click()
+    expect(page).to_have_url(re.compile(r".*/w/platform/board$"))
+
+
+def api(page: Page, site: Site, method: str, path: str, body: object = None) -> httpx.Response:
+    """The JSON API with the page's own session cookie (as the page's scripts would)."""
+    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    response = httpx.request(
+        method,
+        site.url + path,
+        json=body,
+        cookies=cookies,
+        headers={"origin": site.url},
+        timeout=10,
+    )
+    return response
+
+
+def column(page: Page, name: str):  # type: ignore[no-untyped-def]
+    return page.locator("section.column").filter(has=page.get_by_role("heading", name=name))
+
+
+def test_board_live_updates_and_an_agent_run(
+    browser: Browser, site: Site, mailbox: Mailbox, backend: str, tmp_path: Path
+) -> None:
+    ctx_a, ada = new_page(browser, site)
+    first_admin(ada, site)
+    screenshot(ada, "home", backend)
+    create_workspace(ada)
+
+    # Quick create from the board, then drag the card from Todo to In Progress.
+    ada.get_by_label("New issue title").fill("Fix the login redirect")
+    ada.get_by_label("New issue title").press("Enter")
+    expect(ada.get_by_role("heading", name="Fix the login redirect")).to_be_visible()
+    ada.goto("/w/platform/board")
+    card = ada.locator('.issue-card[data-key="PLT-1"]')
+    expect(column(ada, "Todo").locator(card)).to_have_count(1)
+    card.drag_to(column(ada, "In Progress").locator(".cards"))
+    expect(column(ada, "In Progress").locator('.issue-card[data-key="PLT-1"]')).to_have_count(1)
+    ada.reload()  # persisted, not just moved in the page
+    expect(column(ada, "In Progress").locator('.issue-card[data-key="PLT-1"]')).to_have_count(1)
+    expect(column(ada, "In Progress").locator("[data-count]")).to_have_text("1")
+
+    # A second person, invited by mail, signs in by email code and accepts.
+    invited = api(ada, site, "POST", f"{WS}/invitations", {"email": "bob@example.com"})
+    assert invited.status_code == 201, invited.text
+    link = mailbox.wait_for("bob@example.com", r"(http://\S+/invitations/\S+)")
+    ctx_b, bob = new_page(browser, site)
+    bob.goto(link)
+    sign_in(bob, mailbox, "bob@example.com", next_path=link.removeprefix(site.url))
+    expect(bob.get_by_role("heading", name="Join Platform")).to_be_visible()
+    bob.get_by_role("button", name="Accept").click()
+    expect(bob.get_by_role("link", name="Platform")).to_be_visible()
+
+    # Bob watches the board and the issue; Ada's changes arrive without a reload.
+    bob.goto("/w/platform/board")
+    expect(bob.locator("body[data-live=connected]")).to_have_count(1)
+    started = time.monotonic()
+    ada.get_by_label("New issue title").fill("Write the release notes")
+    ada.get_by_label("New issue title").press("Enter")
+    expect(bob.locator('.issue-card[data-key="PLT-2"]')).to_be_visible(timeout=5_000)
+    board_latency = time.monotonic() - started
+    screenshot(bob, "board", backend)
+
+    bob.goto("/w/platform/issues/PLT-1")
+    expect(bob.locator("body[data-live=connected]")).to_have_count(1)
+    ada.goto("/w/platform/issues/PLT-1")
+    started = time.monotonic()
+    ada.get_by_label("Add a comment").fill("Reproduced on **staging**")
+    ada.get_by_role("button", name="Comment").click()
+    expect(bob.locator("#comments").get_by_text("Reproduced on")).to_be_visible(timeout=5_000)
+    comment_latency = time.monotonic() - started
+    ada.get_by_label("Status").select_option(label="In Review")
+    ada.get_by_role("button", name="Save details").click()
+    expect(bob.locator("#issue-main .badge").first).to_have_text("In Review", timeout=5_000)
+    expect(bob.locator("#f-status option:checked")).to_have_text("In Review")
+    print(f"live latency: board {board_latency:.3f} s, comment {comment_latency:.3f} s")
+
+    # An agent on a real daemon with a fake CLI that streams for a while.
+    origin = make_origin(tmp_path / "origin")
+    repo = api(
+        ada,
+        site,
+        "POST",
+        f"{WS}/repositories",
+        {"name": "app", "url": str(origin), "default_branch": "main"},
+    )
+    assert repo.status_code == 201, repo.text
+    agent = api(
+        ada,
+        site,
+        "POST",
+        f"{WS}/agents",
+        {
+            "name": "builder",
+            "provider": "claude",
+            "env": {"FAKE_AGENT_MODE": "long", "FAKE_AGENT_SECONDS": "60"},
+        },
+    )
+    assert agent.status_code == 201, agent.text
+    minted = api(ada, site, "POST", f"{WS}/daemon-tokens", {"name": "laptop"})
+    assert minted.status_code == 201, minted.text
+    board = Board(tmp_path, site.server, httpx.Client(), minted.json()["token"], origin)
+    daemon = DaemonProcess(board).start()
+    try:
+        daemon.wait_running()
+        ada.reload()
+        ada.get_by_label("Status").select_option(label="Todo")
+        ada.get_by_label("Assignee").select_option(label="builder")
+        ada.get_by_role("button", name="Save details").click()
+        transcript = bob.locator("[data-transcript] .msg")
+        expect(transcript.first).to_be_visible(timeout=30_000)
+        seen = transcript.count()
+        expect(transcript).not_to_have_count(seen, timeout=10_000)  # more arrive, no reload
+        assert transcript.count() > seen
+        expect(bob.locator("#tasks .badge.running")).to_be_visible()
+        screenshot(bob, "issue-transcript", backend)
+
+        # Cancel the running task from the page; both pages see it end.
+        ada.reload()
+        ada.locator("#tasks").get_by_role("button", name="Cancel").click()
+        expect(ada.locator("#tasks .badge").first).to_have_text("cancelled", timeout=15_000)
+        expect(bob.locator("#tasks .badge").first).to_have_text("cancelled", timeout=15_000)
+    finally:
+        daemon.send(15)
+        assert daemon.proc is not None
+        daemon.proc.wait(30)
+
+    assert ada.errors == [], ada.errors  # type: ignore[attr-defined]
+    assert bob.errors == [], bob.errors  # type: ignore[attr-defined]
+    ctx_a.close()
+    ctx_b.close()
