@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-
 import pytest
 from aiosmtpd.controller import Controller
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright

@@ -37,7 +37,7 @@ def create_workspace(page: Page) -> None:
 def api(page: Page, site: Site, method: str, path: str, body: object = None) -> httpx.Response:
     """The JSON API with the page's own session cookie (as the page's scripts would)."""
     cookies = {c["name"]: c["value"] for c in page.context.cookies()}
-    response = httpx.request(
+    return httpx.request(
         method,
         site.url + path,
         json=body,
@@ -45,7 +45,6 @@ def api(page: Page, site: Site, method: str, path: str, body: object = None) -> 
         headers={"origin": site.url},
         timeout=10,
     )
-    return response
 
 
 def column(page: Page, name: str):  # type: ignore[no-untyped-def]
