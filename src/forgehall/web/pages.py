@@ -117,8 +117,10 @@ def render(request: Request, template: str, status: int = 200, **context: Any) -
 
 
 def is_fragment(request: Request) -> bool:
-    """An htmx (or live-refresh) request that wants only a part of the page."""
-    return request.headers.get("hx-request") == "true"
+    """A live refresh (or htmx) request that wants only a part of the page; a boosted
+    link or form (``HX-Boosted``) gets the whole page, of which htmx keeps <main>."""
+    headers = request.headers
+    return headers.get("hx-request") == "true" and headers.get("hx-boosted") != "true"
 
 
 def fragment(request: Request, access: Access, template: str, **context: Any) -> HTMLResponse:

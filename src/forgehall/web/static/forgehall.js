@@ -149,6 +149,7 @@
   // --- board drag-and-drop (the Move form on each card is the keyboard way) ------------------
   function wireBoard(root) {
     root.querySelectorAll(".issue-card[draggable=true]").forEach((card) => {
+      if (!once(card)) return;
       card.addEventListener("dragstart", (e) => {
         dragging = true;
         card.classList.add("dragging");
@@ -162,6 +163,7 @@
       });
     });
     root.querySelectorAll(".column[data-status]").forEach((column) => {
+      if (!once(column)) return;
       const list = column.querySelector(".cards");
       column.addEventListener("dragover", (e) => {
         const card = document.querySelector(".issue-card.dragging");
@@ -211,6 +213,7 @@
   // --- @mention completion ----------------------------------------------------------------
   function wireMentions(root) {
     root.querySelectorAll("textarea[data-mentions]").forEach((area) => {
+      if (!once(area)) return;
       let menu = null;
       let items = [];
       let selected = 0;
@@ -271,17 +274,27 @@
   }
 
   // --- wiring ---------------------------------------------------------------------------
+  // Each element is wired once, whether it came with the page, from a live refresh or
+  // from an htmx swap (boosted links and forms replace <main>).
+  const wired = new WeakSet();
+  function once(element) {
+    if (wired.has(element)) return false;
+    wired.add(element);
+    return true;
+  }
+
   function wire(root) {
     root.querySelectorAll("[data-autosubmit]").forEach((select) => {
-      select.addEventListener("change", () => select.form.submit());
+      if (once(select)) select.addEventListener("change", () => select.form.requestSubmit ? select.form.requestSubmit() : select.form.submit());
     });
     root.querySelectorAll("[data-transcript]").forEach((element) => {
-      element.scrollTop = element.scrollHeight;
+      if (once(element)) element.scrollTop = element.scrollHeight;
     });
     wireBoard(root);
     wireMentions(root);
   }
 
+  document.addEventListener("htmx:load", (event) => wire(event.detail.elt.parentElement || document));
   wire(document);
   connect();
 })();
