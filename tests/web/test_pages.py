@@ -87,3 +87,25 @@ async def test_login_page_next_is_only_ever_relative(app: FastAPI, mailer: Recor
                 response = await sign_in(browser, mailer, f"n{index}@example.com", evil)
                 assert response.status_code == 303, evil
                 assert response.headers["location"] == "/", evil
+
+
+async def test_a_mail_failure_on_the_login_page_is_a_page_not_json(
+    app: FastAPI, mailer: RecordingMailer
+) -> None:
+    from forgehall.identity.mail import MailDeliveryError, OutgoingMail
+
+    async def broken(mail: OutgoingMail) -> None:
+        raise MailDeliveryError("connection refused by smtp.example.com:587")
+
+    mailer.send = broken  # type: ignore[method-assign]
+    async with app.router.lifespan_context(app), new_client(app) as browser:
+        page = await browser.post(
+            "/login", data={"email": "ada@example.com"}, headers={"accept": "text/html"}
+        )
+        assert page.status_code == 503
+        assert page.headers["content-type"].startswith("text/html")
+        assert "Could not send the email" in page.text
+        assert "smtp.example.com" in page.text
+        api = await browser.post("/auth/send-code", json={"email": "bob@example.com"})
+        assert api.status_code == 503
+        assert api.headers["content-type"].startswith("application/problem+json")

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from forgehall.core.errors import ProblemError
+from forgehall.identity.mail import MailDeliveryError
 from forgehall.identity.models import User
 from forgehall.issues.service import unread_count
 from forgehall.web.markdown import render_markdown
@@ -235,6 +236,10 @@ def _as_page(original: Handler) -> Handler:
             return error_page(request, exc.status_code, str(exc.detail))
         if isinstance(exc, RequestValidationError):
             return error_page(request, 422, "The form or address is not valid.")
+        if isinstance(exc, MailDeliveryError):
+            return error_page(
+                request, 503, f"Could not send the email ({exc}). Try again in a minute."
+            )
         return await original(request, exc)
 
     return handler
@@ -242,6 +247,6 @@ def _as_page(original: Handler) -> Handler:
 
 def install_page_errors(app: FastAPI) -> None:
     """Wrap the API's error handlers so browsers get pages (call after installing them)."""
-    for kind in (ProblemError, StarletteHTTPException, RequestValidationError):
+    for kind in (ProblemError, StarletteHTTPException, RequestValidationError, MailDeliveryError):
         original = app.exception_handlers[kind]
         app.exception_handlers[kind] = _as_page(original)  # type: ignore[arg-type]

@@ -73,8 +73,11 @@ def test_board_live_updates_and_an_agent_run(
     expect(column(ada, "In Progress").locator("[data-count]")).to_have_text("1")
 
     # A second person, invited by mail, signs in by email code and accepts.
-    invited = api(ada, site, "POST", f"{WS}/invitations", {"email": "bob@example.com"})
-    assert invited.status_code == 201, invited.text
+    ada.goto("/w/platform/settings")
+    ada.locator("#inv-email").fill("bob@example.com")
+    ada.get_by_role("button", name="Send invitation").click()
+    expect(ada.locator("#invitations").get_by_text("bob@example.com")).to_be_visible()
+    screenshot(ada, "workspace-settings", backend)
     link = mailbox.wait_for("bob@example.com", r"(http://\S+/invitations/\S+)")
     ctx_b, bob = new_page(browser, site)
     bob.goto(link)
@@ -84,6 +87,7 @@ def test_board_live_updates_and_an_agent_run(
     expect(bob.get_by_role("link", name="Platform")).to_be_visible()
 
     # Bob watches the board and the issue; Ada's changes arrive without a reload.
+    ada.goto("/w/platform/board")
     bob.goto("/w/platform/board")
     expect(bob.locator("body[data-live=connected]")).to_have_count(1)
     started = time.monotonic()
