@@ -5,11 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 from fastapi import APIRouter, Request, Response
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from forgehall.core.deps import SessionDep, SettingsDep
-from forgehall.core.errors import ProblemError
 from forgehall.identity import oauth, service
 from forgehall.identity.auth import (
     CurrentUser,
@@ -251,7 +249,7 @@ async def bootstrap_admin(
 
 @router.get("/admin/users", response_model=list[UserOut], summary="All accounts (admin)")
 async def read_users(_: InstanceAdmin, session: SessionDep) -> list[User]:
-    return list((await session.execute(select(User).order_by(User.email))).scalars())
+    return await service.list_users(session)
 
 
 @router.patch(
@@ -299,11 +297,5 @@ async def read_signup_policy(
 async def update_signup_policy(
     body: SignupPolicyPatch, admin: InstanceAdmin, session: SessionDep, settings: SettingsDep
 ) -> SignupPolicyOut:
-    changes = body.model_dump(exclude_unset=True)
-    for domain in changes.get("allowed_email_domains") or []:
-        if "@" in domain.strip("@") or "." not in domain:
-            raise ProblemError(422, f"{domain!r} is not a domain name", type_="invalid-domain")
-    if changes.get("allowed_emails"):
-        changes["allowed_emails"] = [service.normalize_email(e) for e in changes["allowed_emails"]]
-    await service.update_signup_policy(session, admin, changes)
+    await service.update_signup_policy(session, admin, body.model_dump(exclude_unset=True))
     return _policy_out(await service.read_signup_policy(session, settings))

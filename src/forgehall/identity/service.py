@@ -125,7 +125,19 @@ async def read_signup_policy(session: AsyncSession, settings: Settings) -> Signu
 
 
 async def update_signup_policy(session: AsyncSession, admin: User, changes: dict[str, Any]) -> None:
-    """Store runtime overrides; a value of None removes the override (back to the env)."""
+    """Store runtime overrides; a value of None removes the override (back to the env).
+
+    Domains must look like domain names (422 ``invalid-domain``) and addresses are
+    normalised (422 ``invalid-email``); nothing is stored when one is refused.
+    """
+    for domain in changes.get("allowed_email_domains") or []:
+        if "@" in domain.strip("@") or "." not in domain:
+            raise ProblemError(422, f"{domain!r} is not a domain name", type_="invalid-domain")
+    if changes.get("allowed_emails"):
+        changes = {
+            **changes,
+            "allowed_emails": [normalize_email(e) for e in changes["allowed_emails"]],
+        }
     for key, value in changes.items():
         assert key in SIGNUP_KEYS
         row = await session.get(InstanceSetting, f"signup.{key}")
@@ -154,6 +166,27 @@ async def read_user_by_email(session: AsyncSession, email: str) -> User | None:
 
 async def read_user(session: AsyncSession, user_id: str) -> User | None:
     return await session.get(User, user_id)
+
+
+async def list_users(session: AsyncSession) -> list[User]:
+    """Every account, by email (for instance admins)."""
+    return list((await session.execute(select(User).order_by(User.email))).scalars())
+
+
+NAME_MAX = 200
+
+
+async def rename_user(session: AsyncSession, user: User, name: str) -> User:
+    """Change the display name (1 to 200 characters; 422 ``invalid-name`` otherwise)."""
+    name = name.strip()
+    if not name or len(name) > NAME_MAX:
+        raise ProblemError(
+            422, f"a name needs 1 to {NAME_MAX} characters", type_="invalid-name", field="name"
+        )
+    user.name = name
+    await session.commit()
+    log.info("user.renamed", user_id=user.id)
+    return user
 
 
 async def enforce_rate_limit(

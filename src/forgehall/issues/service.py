@@ -26,7 +26,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from forgehall.agents import queue as task_queue
@@ -801,6 +801,21 @@ async def mark_notification(
         row.archived_at = now() if archived else None
     await session.commit()
     return row
+
+
+async def mark_all_notifications_read(session: AsyncSession, access: Access) -> int:
+    """Mark every unread notification of the caller in this workspace read; how many."""
+    result = await session.execute(
+        update(Notification)
+        .where(
+            Notification.workspace_id == access.workspace.id,
+            Notification.user_id == access.principal.user.id,
+            Notification.read_at.is_(None),
+        )
+        .values(read_at=now())
+    )
+    await session.commit()
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 # --- dependencies ---------------------------------------------------------------------------

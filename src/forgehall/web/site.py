@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from forgehall.web import board, routes, workspace
+from forgehall.web import account, board, routes, workspace
 from forgehall.web.pages import install_page_errors
 
-ROUTERS = (routes.router, board.router, workspace.router)
+ROUTERS = (routes.router, board.router, workspace.router, account.router)
 
 
 def install(app: FastAPI) -> None:
