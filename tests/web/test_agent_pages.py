@@ -345,6 +345,15 @@ async def test_edit_changes_the_profile_and_shows_the_saved_instructions(team: T
     assert custom.status_code == 303, custom.text
     (agent,) = await api_agents(team)
     assert agent["custom_command"] == {"command": ["my-agent", "--json"], "parser": "stream-json"}
+    # Back to another provider with the command still in its box: the command is dropped.
+    back = await team.admin_page.post(
+        f"{WS}/agents/{agent_id}",
+        data=agent_form(name="claude-2", provider="claude", command="my-agent\n--json"),
+    )
+    assert back.status_code == 303, back.text
+    (agent,) = await api_agents(team)
+    assert agent["provider"] == "claude"
+    assert agent["custom_command"] is None
 
 
 async def test_env_values_never_come_back_in_a_page(team: Team, db: Database) -> None:

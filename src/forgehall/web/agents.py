@@ -183,7 +183,7 @@ def _parse(form: AgentForm, stored_env_keys: list[str]) -> Parsed:
             field="runtime_pool",
         )
     command = None
-    if form.provider == "custom" or _lines(form.command):
+    if form.provider == "custom":  # otherwise the command box is ignored, not refused
         command = agents.CustomCommand(command=_lines(form.command), parser=form.parser)
     return Parsed(
         custom_command=command,
