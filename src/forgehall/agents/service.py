@@ -105,7 +105,9 @@ UNSET: Any = object()
 
 @dataclass
 class AgentPatch:
-    """Fields left ``UNSET`` keep their value; ``env`` replaces the whole map."""
+    """Fields left ``UNSET`` keep their value; ``env`` replaces the whole map, except that
+    a key mapped to ``None`` keeps its stored value (so a form that never shows the
+    values can keep them: see :func:`_merge_env`)."""
 
     name: Any = UNSET
     avatar: Any = UNSET
@@ -114,9 +116,23 @@ class AgentPatch:
     model: Any = UNSET
     custom_command: Any = UNSET  # CustomCommand | None
     extra_args: Any = UNSET
-    env: Any = UNSET  # dict[str, str] | None
+    env: Any = UNSET  # dict[str, str | None] | None
     max_concurrent_tasks: Any = UNSET
     runtime_pool: Any = UNSET
+
+
+def _merge_env(stored: dict[str, str], new: dict[str, str | None] | None) -> dict[str, str]:
+    """The env a patch asks for: ``None`` clears it; a key whose value is ``None`` keeps
+    its stored value (422 when it has none, so a typo never stores an empty secret)."""
+    merged: dict[str, str] = {}
+    for key, value in (new or {}).items():
+        if value is not None:
+            merged[key] = value
+        elif key in stored:
+            merged[key] = stored[key]
+        else:
+            raise _invalid(f"env key {key} has no stored value to keep; give it a value", "env")
+    return merged
 
 
 @dataclass(frozen=True)
@@ -420,8 +436,8 @@ async def update_agent(session: AsyncSession, access: Access, ref: str, patch: A
         value = getattr(patch, name)
         if value is UNSET:
             continue
-        if name == "env" and value is None:
-            value = {}
+        if name == "env":
+            value = _merge_env(data.env, value)
         setattr(data, name, value)
         changed.append(name)
     _check_profile(data)
