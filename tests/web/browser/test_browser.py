@@ -121,25 +121,35 @@ def test_board_live_updates_and_an_agent_run(
         {"name": "app", "url": str(origin), "default_branch": "main"},
     )
     assert repo.status_code == 201, repo.text
-    agent = api(
-        ada,
-        site,
-        "POST",
-        f"{WS}/agents",
-        {
-            "name": "builder",
-            "provider": "claude",
-            "env": {"FAKE_AGENT_MODE": "long", "FAKE_AGENT_SECONDS": "60"},
-        },
+    # The agent is created on its page; the daemon's command comes from the runtimes page.
+    ada.goto("/w/platform/agents/new")
+    ada.get_by_label("Name", exact=True).fill("builder")
+    ada.get_by_label("Provider", exact=True).select_option("claude")
+    ada.get_by_label("Instructions").fill("Keep changes **small**.")
+    ada.get_by_label("Environment, one KEY=value per line").fill(
+        "FAKE_AGENT_MODE=long\nFAKE_AGENT_SECONDS=60"
     )
-    assert agent.status_code == 201, agent.text
-    minted = api(ada, site, "POST", f"{WS}/daemon-tokens", {"name": "laptop"})
-    assert minted.status_code == 201, minted.text
-    board = Board(tmp_path, site.server, httpx.Client(), minted.json()["token"], origin)
+    ada.get_by_role("button", name="Create agent").click()
+    expect(ada).to_have_url(re.compile(r".*/agents/[0-9a-f]+\?saved=1$"))
+    ada.goto("/w/platform/agents")
+    expect(ada.get_by_role("link", name="builder").first).to_be_visible()
+    ada.goto("/w/platform/runtimes")
+    ada.get_by_label("Token name").fill("laptop")
+    ada.get_by_role("button", name="Create token and show the command").click()
+    command = ada.locator("#daemon-command").inner_text()
+    token = re.search(r"FORGEHALL_DAEMON_TOKEN=(\S+)", command)
+    assert token, command
+    board = Board(tmp_path, site.server, httpx.Client(), token.group(1), origin)
     daemon = DaemonProcess(board).start()
     try:
         daemon.wait_running()
-        ada.reload()
+        ada.goto("/w/platform/runtimes")
+        expect(ada.locator(".badge.online").first).to_be_visible()
+        screenshot(ada, "runtimes", backend)
+        ada.goto("/w/platform/agents")
+        expect(ada.locator(".badge.idle").first).to_be_visible()
+        screenshot(ada, "agents", backend)
+        ada.goto("/w/platform/issues/PLT-1")
         ada.get_by_label("Status").select_option(label="Todo")
         ada.get_by_label("Assignee").select_option(label="builder")
         ada.get_by_role("button", name="Save details").click()
@@ -157,9 +167,7 @@ def test_board_live_updates_and_an_agent_run(
         expect(ada.locator("#tasks .badge").first).to_have_text("cancelled", timeout=15_000)
         expect(bob.locator("#tasks .badge").first).to_have_text("cancelled", timeout=15_000)
     finally:
-        daemon.send(15)
-        assert daemon.proc is not None
-        daemon.proc.wait(30)
+        daemon.stop()
 
     assert ada.errors == [], ada.errors  # type: ignore[attr-defined]
     assert bob.errors == [], bob.errors  # type: ignore[attr-defined]
