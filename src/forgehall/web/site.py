@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from forgehall.web import board, routes
+from forgehall.web import board, evidence, routes
 from forgehall.web.pages import install_page_errors
 
-ROUTERS = (routes.router, board.router)
+ROUTERS = (routes.router, board.router, evidence.router)
 
 
 def install(app: FastAPI) -> None:
