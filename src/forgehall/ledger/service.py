@@ -51,6 +51,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 from sqlalchemy import and_, delete, func, insert, or_, select
+from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 
@@ -144,7 +145,11 @@ async def ensure_signing_key(session: AsyncSession, settings: Settings) -> Ledge
     )
     try:
         result = await session.execute(statement)
-    except CredentialKeyError:
+    except (CredentialKeyError, StatementError) as exc:
+        # SQLAlchemy wraps what the column type raises while binding the value.
+        cause = exc.orig if isinstance(exc, StatementError) else exc
+        if not isinstance(cause, CredentialKeyError):
+            raise
         raise _encryption_key_required() from None
     row = await session.get(LedgerKey, KEY_ROW)
     assert row is not None

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from forgehall.web import account, agents, board, routes, workspace
+from forgehall.web import account, agents, board, evidence, routes, workspace
 from forgehall.web.pages import install_page_errors
 
-ROUTERS = (routes.router, board.router, workspace.router, agents.router, account.router)
+ROUTERS = (
+    routes.router,
+    board.router,
+    workspace.router,
+    agents.router,
+    evidence.router,
+    account.router,
+)
 
 
 def install(app: FastAPI) -> None:
