@@ -250,6 +250,7 @@ async def test_live_fragments_answer_with_just_their_part(browser: httpx.AsyncCl
         ("fields", "issue-fields"),
         ("comments", "comments"),
         ("tasks", "tasks"),
+        ("gates", "gates"),
     ):
         got = await browser.get(
             f"/w/platform/issues/{key}", params={"part": part}, headers=fragment

@@ -24,6 +24,7 @@ from forgehall.core.deps import EventBusDep, SessionDep
 from forgehall.core.errors import ProblemError
 from forgehall.issues import service
 from forgehall.issues.models import Issue
+from forgehall.web.evidence import issue_evidence
 from forgehall.web.pages import discard, fragment, is_fragment, page, render
 from forgehall.workspaces.access import Access, MemberAccess
 from forgehall.workspaces.service import list_members
@@ -333,7 +334,7 @@ async def mention_candidates(
 
 # --- the issue page ---------------------------------------------------------------------------
 
-PARTS = ("main", "comments", "tasks", "fields")
+PARTS = ("main", "comments", "tasks", "fields", "gates")
 
 
 async def issue_context(session: AsyncSession, access: Access, key: str) -> dict[str, Any]:
@@ -387,6 +388,7 @@ async def issue_context(session: AsyncSession, access: Access, key: str) -> dict
         "priorities": PRIORITIES,
         "base": _base(access),
         "url": f"{_base(access)}/issues/{key}",
+        **(await issue_evidence(session, access, issue)),
     }
 
 

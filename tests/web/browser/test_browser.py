@@ -169,6 +169,13 @@ def test_board_live_updates_and_an_agent_run(
     finally:
         daemon.stop()
 
+    ada.goto("/w/platform/evidence")
+    expect(ada.get_by_role("heading", name="Evidence")).to_be_visible()
+    screenshot(ada, "evidence", backend)
+    ada.goto("/w/platform/issues/PLT-1")
+    expect(ada.locator("#gates")).to_be_visible()
+    screenshot(ada, "issue", backend)
+
     assert ada.errors == [], ada.errors  # type: ignore[attr-defined]
     assert bob.errors == [], bob.errors  # type: ignore[attr-defined]
     ctx_a.close()
