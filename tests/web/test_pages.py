@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import httpx
 from fastapi import FastAPI
+from pydantic import SecretStr
 
 from forgehall.db.engine import Database
 from forgehall.identity.service import create_setup_link
@@ -109,3 +111,24 @@ async def test_a_mail_failure_on_the_login_page_is_a_page_not_json(
         api = await browser.post("/auth/send-code", json={"email": "bob@example.com"})
         assert api.status_code == 503
         assert api.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_the_login_page_offers_each_configured_provider(
+    tmp_path: Path, db: Database, settings: Settings, mailer: RecordingMailer
+) -> None:
+    from forgehall.app import AppOptions, create_app
+
+    plain = create_app(settings, db=db, options=AppOptions(run_services=False), mailer=mailer)
+    async with plain.router.lifespan_context(plain), new_client(plain) as browser:
+        page = await browser.get("/login")
+        assert "Sign in with" not in page.text, "no provider configured: email only"
+    with_github = settings.model_copy(
+        update={"github_client_id": "gh-id", "github_client_secret": SecretStr("gh-secret")}
+    )
+    app = create_app(with_github, db=db, options=AppOptions(run_services=False), mailer=mailer)
+    async with app.router.lifespan_context(app), new_client(app) as browser:
+        page = await browser.get("/login", params={"next": "/w/x/board"})
+        assert "Sign in with GitHub" in page.text
+        assert 'href="/auth/oauth/github/start?redirect_to=%2Fw%2Fx%2Fboard"' in page.text
+        away = await browser.get("/login", params={"next": "https://evil.example/"})
+        assert "redirect_to=%2F&quot;" in away.text or 'redirect_to=%2F"' in away.text

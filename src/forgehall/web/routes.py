@@ -37,8 +37,17 @@ def safe_next(value: str | None) -> str:
 
 
 @router.get("/login", response_class=HTMLResponse)
-async def login_page(request: Request, next: str | None = None) -> HTMLResponse:
-    return render(request, "login.html", step="email", next=safe_next(next), email="")
+async def login_page(
+    request: Request, session: SessionDep, settings: SettingsDep, next: str | None = None
+) -> HTMLResponse:
+    from forgehall.identity.routes import login_buttons
+
+    target = safe_next(next)
+    buttons = [
+        (b.display_name, f"/auth/oauth/{quote(b.slug)}/start?{urlencode({'redirect_to': target})}")
+        for b in await login_buttons(session, settings)
+    ]
+    return render(request, "login.html", step="email", next=target, email="", buttons=buttons)
 
 
 @router.post("/login", response_class=HTMLResponse)

@@ -137,12 +137,12 @@ def site(tmp_path: Path, browser_database_url: str, mailbox: Mailbox) -> Iterato
         FORGEHALL_MAIL_FROM="forgehall@example.com",
         FORGEHALL_LOG_LEVEL="info",
     )
-    server = ServerProcess(tmp_path, port=port, env=dict(env)).start()
+    current = Site(ServerProcess(tmp_path, port=port, env=dict(env)).start(), env, tmp_path)
     try:
-        server.wait_ready()
-        yield Site(server, env, tmp_path)
+        current.server.wait_ready()
+        yield current
     finally:
-        server.stop()
+        current.server.stop()  # the one running now (a test may have restarted it)
 
 
 def new_page(browser: Browser, site: Site) -> tuple[BrowserContext, Page]:

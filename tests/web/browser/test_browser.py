@@ -13,6 +13,7 @@ import httpx
 from playwright.sync_api import Browser, Page, expect
 
 from tests.daemon.harness import Board, DaemonProcess, make_origin
+from tests.process import ServerProcess
 from tests.web.browser.conftest import Mailbox, Site, new_page, screenshot, sign_in
 
 WS = "/api/v1/workspaces/platform"
@@ -180,3 +181,61 @@ def test_board_live_updates_and_an_agent_run(
     assert bob.errors == [], bob.errors  # type: ignore[attr-defined]
     ctx_a.close()
     ctx_b.close()
+
+
+PAYLOADS = "\n\n".join(
+    [
+        "<script>window.hacked = 'script'</script>",
+        "<img src=x onerror=\"window.hacked='img'\">",
+        "[click me](javascript:window.hacked='link')",
+        "<a href=\"javascript:window.hacked='a'\">a</a>",
+        "<svg onload=\"window.hacked='svg'\"></svg>",
+        "<iframe src=\"javascript:parent.hacked='iframe'\"></iframe>",
+        "![x](javascript:window.hacked='image')",
+    ]
+)
+
+
+def test_xss_does_not_run_and_a_lost_connection_comes_back(
+    browser: Browser, site: Site, mailbox: Mailbox, backend: str
+) -> None:
+    _, ada = new_page(browser, site)
+    dialogs: list[str] = []
+    ada.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    first_admin(ada, site)
+    create_workspace(ada)
+    ada.get_by_label("New issue title").fill("<script>window.hacked='title'</script>")
+    ada.get_by_label("New issue title").press("Enter")
+    expect(ada.locator("#issue-main h1")).to_contain_text("<script>")  # shown as text
+    ada.get_by_text("Edit title and description").click()
+    ada.get_by_label("Description (Markdown)").fill("**Steps**\n\n" + PAYLOADS)
+    ada.get_by_role("button", name="Save", exact=True).click()
+    expect(ada.locator("#issue-main strong").first).to_have_text("Steps")
+    ada.get_by_label("Add a comment").fill(PAYLOADS)
+    ada.get_by_role("button", name="Comment").click()
+    expect(ada.locator("#comments .comment")).to_have_count(1)
+    ada.reload()
+    for link in ada.locator(".markdown a").all():
+        link.click(no_wait_after=True)  # a neutralised link goes nowhere harmful
+    ada.wait_for_timeout(300)
+    assert ada.evaluate("window.hacked") is None
+    assert ada.evaluate("parent.hacked") is None
+    assert dialogs == []
+    assert ada.locator(".markdown script, .markdown iframe, .markdown svg").count() == 0
+
+    # The server goes away: the banner says so; it comes back: the page reconnects and
+    # live updates flow again without a reload.
+    ada.goto("/w/platform/board")
+    expect(ada.locator("body[data-live=connected]")).to_have_count(1)
+    banner = ada.locator("#live-banner")
+    expect(banner).to_be_hidden()
+    site.server.stop()
+    expect(banner).to_be_visible(timeout=10_000)
+    site.server = ServerProcess(site.tmp, port=site.server.port, env=dict(site.env)).start()
+    site.server.wait_ready()
+    expect(banner).to_be_hidden(timeout=35_000)
+    created = api(ada, site, "POST", f"{WS}/issues", {"title": "After the restart"})
+    assert created.status_code == 201, created.text
+    expect(ada.get_by_text("After the restart")).to_be_visible(timeout=5_000)
+    # CSP violations would show up as console errors: the page raised none.
+    assert ada.errors == [], ada.errors  # type: ignore[attr-defined]
