@@ -183,6 +183,15 @@ def test_board_live_updates_and_an_agent_run(
     ctx_b.close()
 
 
+#: The elements sticking out of the viewport on the right, for a readable failure.
+WIDEST = """
+Array.from(document.querySelectorAll('body *'))
+  .filter((e) => e.getBoundingClientRect().right > window.innerWidth + 1)
+  .filter((e) => !e.parentElement.closest('table.list, pre, .board'))
+  .slice(0, 6).map((e) => e.tagName + '.' + e.className + '#' + e.id
+    + ' ' + Math.round(e.getBoundingClientRect().right))
+"""
+
 PAYLOADS = "\n\n".join(
     [
         "<script>window.hacked = 'script'</script>",
@@ -238,4 +247,56 @@ def test_xss_does_not_run_and_a_lost_connection_comes_back(
     assert created.status_code == 201, created.text
     expect(ada.get_by_text("After the restart")).to_be_visible(timeout=5_000)
     # CSP violations would show up as console errors: the page raised none.
+    assert ada.errors == [], ada.errors  # type: ignore[attr-defined]
+
+
+def test_keyboard_board_mention_completion_and_phone_width(
+    browser: Browser, site: Site, mailbox: Mailbox, backend: str
+) -> None:
+    _, ada = new_page(browser, site)
+    first_admin(ada, site)
+    create_workspace(ada)
+    ada.get_by_label("New issue title").fill("Keyboard only")
+    ada.get_by_label("New issue title").press("Enter")
+    expect(ada.get_by_role("heading", name="Keyboard only")).to_be_visible()
+
+    # The board without a mouse: Tab to the card's Move control, open it, pick a status.
+    ada.goto("/w/platform/board")
+    move = ada.locator('.issue-card[data-key="PLT-1"] details.move summary')
+    move.focus()
+    ada.keyboard.press("Enter")
+    ada.keyboard.press("Tab")
+    expect(ada.get_by_label("Status of PLT-1")).to_be_focused()
+    ada.get_by_label("Status of PLT-1").select_option(label="Done")
+    ada.keyboard.press("Tab")
+    ada.keyboard.press("Enter")
+    expect(column(ada, "Done").locator('.issue-card[data-key="PLT-1"]')).to_have_count(1)
+
+    # @mention completion offers members and agents; Enter inserts the handle.
+    ada.goto("/w/platform/issues/PLT-1")
+    area = ada.get_by_label("Add a comment")
+    area.click()
+    area.press_sequentially("Ping @ad")
+    expect(ada.locator(".mention-menu [role=option]").first).to_contain_text("ada@example.com")
+    area.press("Enter")
+    expect(area).to_have_value("Ping @ada@example.com ")
+    ada.get_by_role("button", name="Comment").click()
+    expect(ada.locator("#comments").get_by_text("Ping @ada@example.com")).to_be_visible()
+
+    # A phone's width: the navigation folds above the content, nothing overflows sideways.
+    ada.set_viewport_size({"width": 390, "height": 844})
+    pages = ("board", "issues", "issues/PLT-1", "settings", "agents", "agents/new", "runtimes")
+    more = ("evidence", "evidence/checkpoints", "inbox")
+    for path in [
+        *(f"/w/platform/{p}" for p in (*pages, *more)),
+        "/",
+        "/settings",
+        "/admin",
+    ]:
+        ada.goto(path)
+        overflow = ada.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        wide = ada.evaluate(WIDEST)
+        assert overflow <= 1, (path, overflow, wide)
+        if path.endswith(("/board", "/PLT-1")):
+            screenshot(ada, "phone-" + path.rsplit("/", 1)[1].lower(), backend)
     assert ada.errors == [], ada.errors  # type: ignore[attr-defined]

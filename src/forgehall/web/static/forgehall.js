@@ -217,7 +217,8 @@
       let menu = null;
       let items = [];
       let selected = 0;
-      const close = () => { if (menu) menu.remove(); menu = null; items = []; };
+      const hide = () => { if (menu) menu.remove(); menu = null; };
+      const close = () => { hide(); items = []; };
       const query = () => {
         const before = area.value.slice(0, area.selectionStart);
         const found = /(^|\s)@([\w.+-]*)$/.exec(before);
@@ -231,7 +232,7 @@
         area.focus();
       };
       const show = () => {
-        close();
+        hide();
         if (!items.length) return;
         menu = document.createElement("ul");
         menu.className = "mention-menu";
@@ -247,12 +248,16 @@
         area.parentElement.style.position = "relative";
         area.insertAdjacentElement("afterend", menu);
       };
+      let asked = 0;
       area.addEventListener("input", async () => {
         const q = query();
         if (q === null) { close(); return; }
+        const ticket = ++asked;
         const response = await fetch(area.dataset.mentions + "?q=" + encodeURIComponent(q), { credentials: "same-origin" });
-        if (!response.ok) return;
-        items = await response.json();
+        if (!response.ok || ticket !== asked) return;  // a newer keystroke's answer wins
+        const found = await response.json();
+        if (ticket !== asked) return;
+        items = found;
         selected = 0;
         show();
       });
