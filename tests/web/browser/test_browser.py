@@ -300,3 +300,56 @@ def test_keyboard_board_mention_completion_and_phone_width(
         if path.endswith(("/board", "/PLT-1")):
             screenshot(ada, "phone-" + path.rsplit("/", 1)[1].lower(), backend)
     assert ada.errors == [], ada.errors  # type: ignore[attr-defined]
+
+
+AXE = Path(__file__).resolve().parents[3] / "node_modules" / "axe-core" / "axe.min.js"
+AUDIT = """
+axe.run(document, {runOnly: ['wcag2a', 'wcag2aa']}).then((report) => report.violations
+  .filter((v) => ['serious', 'critical'].includes(v.impact))
+  .map((v) => v.id + ': ' + v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')))
+"""
+AUDITED = (
+    "/",
+    "/w/platform/board",
+    "/w/platform/issues",
+    "/w/platform/issues/PLT-1",
+    "/w/platform/settings",
+    "/w/platform/agents",
+    "/w/platform/agents/new",
+    "/w/platform/runtimes",
+    "/w/platform/evidence",
+    "/w/platform/inbox",
+    "/settings",
+    "/admin",
+)
+
+
+def test_every_page_passes_an_accessibility_audit_in_light_and_dark(
+    browser: Browser, site: Site, mailbox: Mailbox
+) -> None:
+    """axe-core (from the npm lockfile) checks WCAG 2 A/AA rules — labels, names,
+    contrast, landmarks — on each page; serious or critical findings fail."""
+    assert AXE.exists(), f"{AXE} is missing: run `make assets` (npm ci)"
+    _, ada = new_page(browser, site)
+    first_admin(ada, site)
+    create_workspace(ada)
+    ada.get_by_label("New issue title").fill("Audit me")
+    ada.get_by_label("New issue title").press("Enter")
+    ada.get_by_label("Add a comment").fill("A **comment** with `code`")
+    ada.get_by_role("button", name="Comment").click()
+    expect(ada.locator("#comments .comment")).to_have_count(1)
+    cookies = ada.context.cookies()
+    found: list[str] = []
+    for scheme in ("light", "dark"):
+        # The audit script is injected, which the pages' CSP rightly forbids: this
+        # context alone bypasses it.
+        context = browser.new_context(base_url=site.url, bypass_csp=True, color_scheme=scheme)
+        context.add_cookies(cookies)  # type: ignore[arg-type]
+        page = context.new_page()
+        for path in AUDITED:
+            page.goto(path)
+            page.add_script_tag(path=str(AXE))
+            result = page.evaluate(AUDIT)
+            found.extend(f"{scheme} {path} {v}" for v in result)
+        context.close()
+    assert found == [], "\n".join(found)
