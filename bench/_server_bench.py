@@ -1,14 +1,15 @@
 """What the benchmarks that start a real ``forgehall serve`` share: a free port, a clean
 environment, the scratch data set (one owner, the workspace ``bench``, unassigned
-issues), percentiles and response checks. Imported by ``dispatch_latency.py`` and
-``daemon_spawn.py`` (run from the repository root: ``bench/`` is on ``sys.path``)."""
+issues), percentiles and response checks. Imported by ``dispatch_latency.py``,
+``daemon_spawn.py`` and ``ui_pages.py`` (run from the repository root: ``bench/`` is on
+``sys.path``)."""
 
 from __future__ import annotations
 
 import math
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +77,19 @@ def percentile(samples: Sequence[float], q: float) -> float:
     return ordered[max(math.ceil(q / 100 * len(ordered)) - 1, 0)]
 
 
-async def prepare(url: str, issues: int, description: str) -> str:
+async def prepare(
+    url: str,
+    issues: int,
+    description: str,
+    *,
+    title: Callable[[int], str] | None = None,
+    categories: Sequence[str] = ("todo",),
+) -> str:
     """Migrate the database at ``url`` and give it one owner, the workspace ``bench``
-    (prefix ENG, default statuses) and ``issues`` unassigned todo issues described by
-    ``description``; return the owner's personal access token."""
+    (prefix ENG, default statuses) and ``issues`` unassigned issues described by
+    ``description``; return the owner's personal access token. Issue ``n`` is titled
+    ``title(n)`` (default ``Bench issue n``) and sits in the default status of
+    ``categories[n % len(categories)]`` (default: all in todo)."""
     db = Database(resolve_database(Settings(database_url=url)))
     try:
         await upgrade_to_head(db)
@@ -93,20 +103,23 @@ async def prepare(url: str, issues: int, description: str) -> str:
             session.add(Member(workspace_id=workspace.id, user_id=owner.id, role="OWNER"))
             await create_default_statuses(session, workspace.id)
             await session.commit()
-            todo = await session.scalar(
-                select(Status.id).where(
-                    Status.workspace_id == workspace.id, Status.category == "todo"
+            status_of = {
+                category: status_id
+                for status_id, category in await session.execute(
+                    select(Status.id, Status.category)
+                    .where(Status.workspace_id == workspace.id)
+                    .order_by(Status.position.desc())
                 )
-            )
+            }  # the first status of each category wins
             issued = await identity_service.create_token(session, owner, kind="pat", name="bench")
         rows = [
             {
                 "id": f"{n:032x}",
                 "workspace_id": workspace.id,
                 "number": n,
-                "title": f"Bench issue {n}",
+                "title": title(n) if title else f"Bench issue {n}",
                 "description": description,
-                "status_id": todo,
+                "status_id": status_of[categories[n % len(categories)]],
                 "priority": "none",
                 "creator_user_id": owner.id,
                 "position": float(n),
