@@ -65,7 +65,12 @@ async def test_board_columns_counts_quick_create_and_move(browser: httpx.AsyncCl
     assert "data-count>1<" in todo_column
     assert key in todo_column
 
-    # The keyboard's Move form (no JavaScript): status changes, back to the board.
+    # The keyboard's Move form (no JavaScript: the card's Move link opens it as a page).
+    form = await browser.get(f"/w/platform/issues/{key}/move")
+    assert form.status_code == 200
+    assert f'<label for="move-{key}">Status of {key}</label>' in form.text
+    assert f'action="/w/platform/issues/{key}/move"' in form.text
+    assert f'href="/w/platform/issues/{key}/move"' in board.text, "each card links to it"
     moved = await browser.post(
         f"/w/platform/issues/{key}/move", data={"status_id": done, "revision": "1"}
     )

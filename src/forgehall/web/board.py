@@ -33,6 +33,8 @@ router = APIRouter(include_in_schema=False)
 
 #: Cards shown per column; the count says how many there are in all.
 COLUMN_LIMIT = 50
+#: With a text filter the board shows the best this many matches, bucketed by column.
+SEARCH_LIMIT = 300
 PRIORITIES = ("urgent", "high", "medium", "low", "none")
 
 
@@ -95,6 +97,7 @@ class Card:
 async def cards(
     session: AsyncSession, access: Access, issues: list[Issue], who: People
 ) -> list[Card]:
+    """The cards of ``issues``: their labels in one query, names from one list."""
     label_ids = await service.issue_labels(session, [i.id for i in issues])
     names = {label.id: label.name for label in await service.list_labels(session, access)}
     return [
@@ -162,21 +165,44 @@ async def board_page(
     filters = _filters(assignee, label, priority, q)
     statuses = await service.list_statuses(session, access)
     who = await people(session, access)
-    columns = []
+    capped = False
+    shown: dict[str, list[Issue]] = {status.id: [] for status in statuses}
+    counts: dict[str, int] = {}
     try:
-        counts = await service.count_by_status(session, access, filters.service_filter())
-        for status in statuses:
-            issues, _ = await service.list_issues(
-                session,
-                access,
-                filters.service_filter(status_ids=[status.id], sort="position", limit=COLUMN_LIMIT),
+        if filters.q:
+            # One ranked search, bucketed by column: the best matches, not every match
+            # walked once per column (the count says "+" when there are more).
+            found, more = await service.list_issues(
+                session, access, filters.service_filter(sort="relevance", limit=SEARCH_LIMIT)
             )
-            columns.append(
-                (status, await cards(session, access, issues, who), counts.get(status.id, 0))
-            )
+            capped = more is not None
+            for issue in sorted(found, key=lambda i: (i.position, i.id)):
+                shown.setdefault(issue.status_id, []).append(issue)
+            counts = {status_id: len(issues) for status_id, issues in shown.items()}
+            shown = {status_id: issues[:COLUMN_LIMIT] for status_id, issues in shown.items()}
+        else:
+            counts = await service.count_by_status(session, access, filters.service_filter())
+            for status in statuses:
+                shown[status.id], _ = await service.list_issues(
+                    session,
+                    access,
+                    filters.service_filter(
+                        status_ids=[status.id], sort="position", limit=COLUMN_LIMIT
+                    ),
+                )
     except ProblemError as exc:
         error = exc.detail
-        columns = [(status, [], 0) for status in statuses]
+        shown, counts = {status.id: [] for status in statuses}, {}
+    every = await cards(session, access, [i for s in statuses for i in shown[s.id]], who)
+    by_key = {card.key: card for card in every}
+    columns = [
+        (
+            status,
+            [by_key[_key(access, i)] for i in shown[status.id]],
+            counts.get(status.id, 0),
+        )
+        for status in statuses
+    ]
     context: dict[str, Any] = {
         "columns": columns,
         "statuses": statuses,
@@ -187,6 +213,7 @@ async def board_page(
         "base": _base(access),
         "error": error,
         "column_limit": COLUMN_LIMIT,
+        "capped": capped,
     }
     if is_fragment(request):
         return fragment(request, access, "board/_board.html", **context)
@@ -283,6 +310,27 @@ async def _position_between(
     if high is not None:
         return high - 1024
     return None
+
+
+@router.get("/w/{workspace}/issues/{key}/move", response_class=HTMLResponse)
+async def move_form(
+    request: Request, key: str, access: MemberAccess, session: SessionDep
+) -> HTMLResponse:
+    """The move form of one card (loaded into the card by its Move link)."""
+    issue = await service.get_issue_or_404(session, access, key)
+    return await page(
+        request,
+        session,
+        access,
+        "board/move.html",
+        "board",
+        key=_key(access, issue),
+        title=issue.title,
+        revision=issue.revision,
+        status_id=issue.status_id,
+        statuses=await service.list_statuses(session, access),
+        base=_base(access),
+    )
 
 
 @router.post("/w/{workspace}/issues/{key}/move", response_model=None)

@@ -38,10 +38,26 @@ def _parser() -> MarkdownIt:
     return MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
 
 
+#: Texts up to this size are kept rendered (an issue page with 200 comments renders
+#: them all on every view); 1,024 of them cost a few MB at most.
+CACHED_BELOW = 8_000
+
+
 def render_markdown(text: str | None) -> Markup:
     """Sanitised HTML for ``text`` (CommonMark plus tables)."""
     if not text:
         return Markup("")
+    if len(text) < CACHED_BELOW:
+        return _render_cached(text)
+    return _render(text)
+
+
+@lru_cache(maxsize=1024)
+def _render_cached(text: str) -> Markup:
+    return _render(text)
+
+
+def _render(text: str) -> Markup:
     cut = len(text) > MAX_RENDERED
     html = _parser().render(text[:MAX_RENDERED] if cut else text)
     clean = nh3.clean(
