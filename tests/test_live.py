@@ -241,3 +241,67 @@ async def test_an_event_committed_out_of_id_order_is_still_delivered(
         assert inbox.queue.empty()
     finally:
         await bus.stop()
+
+
+async def test_an_attached_outbox_commits_its_events_with_the_change(db: Database) -> None:
+    """The events of a change are written in the change's own transaction: a crash right
+    after the commit (before anyone publishes) loses none, and a rolled-back change
+    leaves none behind."""
+    from sqlalchemy import func, select
+
+    from forgehall.issues.service import Outbox
+    from forgehall.workspaces.models import Workspace
+
+    bus = EventBus(db)
+    await bus.start()
+    try:
+        inbox = bus.subscribe("ws-outbox")
+        async with db.session() as session:
+            outbox = Outbox().attach(session)
+            session.add(Workspace(slug="kept", name="Kept", key_prefix="K"))
+            outbox.add("workspace.made", "ws-outbox", slug="kept")
+            await session.commit()
+            # The process "dies" here: publish() is never called.
+        stored = await _stored(db, "workspace.made")
+        assert stored == 1, "the event was committed with the change"
+        event = await asyncio.wait_for(inbox.queue.get(), timeout=5)  # the pump's poll
+        assert event.kind == "workspace.made"
+        assert event.data == {"slug": "kept"}
+
+        async with db.session() as session:
+            outbox = Outbox().attach(session)
+            session.add(Workspace(slug="dropped", name="Dropped", key_prefix="D"))
+            outbox.add("workspace.dropped", "ws-outbox", slug="dropped")
+            await session.flush()
+            await session.rollback()
+        assert await _stored(db, "workspace.dropped") == 0
+        async with db.read_session() as session:
+            assert (
+                await session.scalar(
+                    select(func.count()).select_from(Workspace).where(Workspace.slug == "dropped")
+                )
+                == 0
+            )
+
+        # Events added after the last commit are still published by publish().
+        async with db.session() as session:
+            outbox = Outbox().attach(session)
+            outbox.add("after.commit", "ws-outbox")
+            await outbox.publish(bus)
+        event = await asyncio.wait_for(inbox.queue.get(), timeout=5)
+        assert event.kind == "after.commit"
+        assert await _stored(db, "after.commit") == 1
+    finally:
+        await bus.stop()
+
+
+async def _stored(db: Database, kind: str) -> int:
+    from sqlalchemy import func, select
+
+    async with db.read_session() as session:
+        return int(
+            await session.scalar(
+                select(func.count()).select_from(StoredEvent).where(StoredEvent.kind == kind)
+            )
+            or 0
+        )

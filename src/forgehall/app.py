@@ -195,20 +195,22 @@ def create_app(
     app.add_exception_handler(MailDeliveryError, _on_mail_failure)
     for router in (ops_router, config_router, live_router):
         app.include_router(router)
-    web_site.install(app)
-    # JSON API routers: every route documents the problem responses it may give.
+    # JSON API routers: every route documents the problem responses it may give. A
+    # request is matched against the routes in order, so the busiest come first (the
+    # daemon protocol, the board) and the pages last.
     for router in (
+        daemon_router,
+        tasks_router,
+        issues_router,
+        agents_router,
+        workspaces_router,
+        ledger_router,
         auth_router,
         identity_router,
         oauth_router,
-        workspaces_router,
-        issues_router,
-        agents_router,
-        tasks_router,
-        daemon_router,
-        ledger_router,
     ):
         app.include_router(router, responses=COMMON_RESPONSES)
+    web_site.install(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(OriginCORSMiddleware, allowed_origins=settings.allowed_origins)
     app.add_middleware(

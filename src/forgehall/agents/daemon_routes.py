@@ -144,7 +144,7 @@ async def claim(
     body = body or ClaimIn()
     await dispatch.runtime_of(session, access, runtime_id)
     await session.commit()  # hold no connection (on SQLite: not the writer) while waiting
-    outbox = Outbox()
+    outbox = Outbox().attach(session)
     result = await dispatch.claim_waiting(
         db, bus, access, runtime_id, body.limit, body.wait, outbox, request.is_disconnected
     )
@@ -171,7 +171,7 @@ async def _publish_quietly(outbox: Outbox, bus: EventBus | None) -> None:
 async def orphans(
     runtime_id: str, body: OrphansIn, access: DaemonAccess, session: SessionDep, bus: EventBusDep
 ) -> OrphansOut:
-    outbox = Outbox()
+    outbox = Outbox().attach(session)
     tasks = await dispatch.report_orphans(session, access, runtime_id, list(body.task_ids), outbox)
     await outbox.publish(bus)
     return OrphansOut(
@@ -189,7 +189,7 @@ async def orphans(
 async def start(
     task_id: str, body: StartIn, access: DaemonAccess, session: SessionDep, bus: EventBusDep
 ) -> TaskStateOut:
-    outbox = Outbox()
+    outbox = Outbox().attach(session)
     task = await dispatch.start(session, access, task_id, body.lease_token, body.session_id, outbox)
     await outbox.publish(bus)
     return _state(task)
@@ -207,7 +207,7 @@ async def start(
 async def messages(
     task_id: str, body: MessagesIn, access: DaemonAccess, session: SessionDep, bus: EventBusDep
 ) -> MessagesOut:
-    outbox = Outbox()
+    outbox = Outbox().attach(session)
     stored, duplicates = await dispatch.add_messages(
         session, access, task_id, body.lease_token, body.messages, outbox
     )
@@ -229,7 +229,7 @@ async def usage(
     settings: SettingsDep,
     bus: EventBusDep,
 ) -> TaskStateOut:
-    outbox = Outbox()
+    outbox = Outbox().attach(session)
     task = await dispatch.report_usage(
         session, access, settings, task_id, body.lease_token, body.usage, outbox
     )
@@ -246,7 +246,7 @@ async def usage(
 async def progress(
     task_id: str, body: ProgressIn, access: DaemonAccess, session: SessionDep, bus: EventBusDep
 ) -> TaskStateOut:
-    outbox = Outbox()
+    outbox = Outbox().attach(session)
     task = await dispatch.report_progress(
         session, access, task_id, body.lease_token, body.summary, outbox
     )
@@ -268,7 +268,7 @@ async def complete(
     bus: EventBusDep,
     settings: SettingsDep,
 ) -> TaskStateOut:
-    outbox = Outbox()
+    outbox = Outbox().attach(session)
     done = await dispatch.complete(
         session,
         access,
@@ -292,7 +292,7 @@ async def complete(
 async def fail(
     task_id: str, body: FailIn, access: DaemonAccess, session: SessionDep, bus: EventBusDep
 ) -> TaskStateOut:
-    outbox = Outbox()
+    outbox = Outbox().attach(session)
     task = await dispatch.fail(
         session,
         access,

@@ -139,7 +139,7 @@ async def read_messages(
 async def cancel_task(
     task_id: str, access: MemberAccess, session: SessionDep, bus: EventBusDep
 ) -> TaskOut:
-    outbox = Outbox()
+    outbox = Outbox().attach(session)
     task = await dispatch.cancel(session, access, task_id, outbox)
     await outbox.publish(bus)
     return (await tasks_out(session, access, [task]))[0]
@@ -154,7 +154,7 @@ async def cancel_task(
 async def rerun_task(
     task_id: str, access: MemberAccess, session: SessionDep, bus: EventBusDep
 ) -> TaskOut:
-    outbox = Outbox()
+    outbox = Outbox().attach(session)
     task = await dispatch.rerun(session, access, task_id, outbox)
     await outbox.publish(bus)
     return (await tasks_out(session, access, [task]))[0]
@@ -174,7 +174,7 @@ async def rerun_task(
 async def run_on_issue(
     key: str, body: RunIn, access: MemberAccess, session: SessionDep, bus: EventBusDep
 ) -> TaskOut:
-    outbox = Outbox()
+    outbox = Outbox().attach(session)
     enqueued = await dispatch.run_agent(session, access, key, body.agent, outbox)
     await outbox.publish(bus)
     return (await tasks_out(session, access, [enqueued.task]))[0]

@@ -25,14 +25,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import BigInteger, Integer, String, Text, delete, func, insert, select
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import BigInteger, Integer, String, Text, delete, func, insert, select, text
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from forgehall.db.base import Base
 from forgehall.db.dialect import listen, notify
@@ -89,6 +89,29 @@ def _from_row(row: StoredEvent) -> DomainEvent:
     )
 
 
+def stage(session: Session, events: Sequence[DomainEvent]) -> None:
+    """Write ``events`` in ``session``'s open transaction, so they commit (or roll back)
+    with the change that caused them; with PostgreSQL, NOTIFY goes out at that commit.
+    Synchronous: called from the session's ``before_commit`` hook. After the commit the
+    publisher only wakes the local pump (:meth:`EventBus.wake`)."""
+    if not events:
+        return
+    result = session.execute(insert(StoredEvent).returning(StoredEvent.id), _rows(events))
+    newest = max(result.scalars())
+    if session.get_bind().dialect.name != "sqlite":
+        session.execute(
+            text("SELECT pg_notify(:channel, :payload)"),
+            {"channel": CHANNEL, "payload": str(newest)},
+        )
+
+
+def _rows(events: Sequence[DomainEvent]) -> list[dict[str, Any]]:
+    return [
+        {"workspace_id": e.workspace_id, "kind": e.kind, "data": json.dumps(e.data, default=str)}
+        for e in events
+    ]
+
+
 class Subscription:
     def __init__(self, bus: EventBus, workspace_id: str) -> None:
         self.bus = bus
@@ -120,19 +143,15 @@ class EventBus:
             return
         async with self.db.session() as session:
             result = await session.execute(
-                insert(StoredEvent).returning(StoredEvent.id),
-                [
-                    {
-                        "workspace_id": e.workspace_id,
-                        "kind": e.kind,
-                        "data": json.dumps(e.data, default=str),
-                    }
-                    for e in events
-                ],
+                insert(StoredEvent).returning(StoredEvent.id), _rows(events)
             )
             newest = max(result.scalars())
             await notify(session, CHANNEL, str(newest))
             await session.commit()
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Events were committed by :func:`stage`: deliver them now, not at the next poll."""
         self._wake.set()
 
     # --- consuming ------------------------------------------------------------------

@@ -196,7 +196,7 @@ async def read_issues(
 async def create_issue(
     body: IssueIn, access: MemberAccess, session: SessionDep, bus: EventBusDep
 ) -> IssueDetailOut:
-    outbox = service.Outbox()
+    outbox = service.Outbox().attach(session)
     issue = await service.create_issue(
         session,
         access,
@@ -249,7 +249,7 @@ async def update_issue(
             setattr(patch, name, getattr(body, name))
     if "assignee" in sent:
         patch.assignee = _assignee(body.assignee)
-    outbox = service.Outbox()
+    outbox = service.Outbox().attach(session)
     issue = await service.update_issue(session, access, key, patch, outbox)
     await outbox.publish(bus)
     return await issue_detail(session, access, issue)
@@ -274,7 +274,7 @@ async def read_timeline(key: str, access: MemberAccess, session: SessionDep) -> 
 async def add_dependency(
     key: str, body: DependencyIn, access: MemberAccess, session: SessionDep, bus: EventBusDep
 ) -> Response:
-    outbox = service.Outbox()
+    outbox = service.Outbox().attach(session)
     await service.add_dependency(session, access, body.blocked_by, key, outbox)
     await outbox.publish(bus)
     return Response(status_code=204)
@@ -289,7 +289,7 @@ async def add_dependency(
 async def remove_dependency(
     key: str, blocker: str, access: MemberAccess, session: SessionDep, bus: EventBusDep
 ) -> Response:
-    outbox = service.Outbox()
+    outbox = service.Outbox().attach(session)
     await service.remove_dependency(session, access, blocker, key, outbox)
     await outbox.publish(bus)
     return Response(status_code=204)
@@ -327,7 +327,7 @@ async def read_comments(key: str, access: MemberAccess, session: SessionDep) -> 
 async def create_comment(
     key: str, body: CommentIn, access: MemberAccess, session: SessionDep, bus: EventBusDep
 ) -> CommentOut:
-    outbox = service.Outbox()
+    outbox = service.Outbox().attach(session)
     comment = await service.add_comment(
         session,
         access,
@@ -354,7 +354,7 @@ async def edit_comment(
     session: SessionDep,
     bus: EventBusDep,
 ) -> CommentOut:
-    outbox = service.Outbox()
+    outbox = service.Outbox().attach(session)
     comment = await service.edit_comment(session, access, comment_id, body.body, outbox)
     await outbox.publish(bus)
     return comment_out(comment)
@@ -366,7 +366,7 @@ async def edit_comment(
 async def delete_comment(
     comment_id: str, access: MemberAccess, session: SessionDep, bus: EventBusDep
 ) -> Response:
-    outbox = service.Outbox()
+    outbox = service.Outbox().attach(session)
     await service.delete_comment(session, access, comment_id, outbox)
     await outbox.publish(bus)
     return Response(status_code=204)

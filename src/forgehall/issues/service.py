@@ -27,12 +27,14 @@ from typing import Any
 
 import structlog
 from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from forgehall.agents import queue as task_queue
 from forgehall.agents.models import Agent
 from forgehall.core.errors import ProblemError
 from forgehall.core.events import DomainEvent, EventBus
+from forgehall.core.events import stage as stage_events
 from forgehall.db.dialect import upsert_insert
 from forgehall.db.search import plan_for_the_words, ranked_issue_ids, reach, search_tokens
 from forgehall.identity.models import User
@@ -91,17 +93,43 @@ class Actor:
 
 @dataclass
 class Outbox:
-    """Events gathered during a transaction, published after it commits."""
+    """Events gathered during a transaction, published after it commits.
+
+    Attached to a session (:meth:`attach`), the events are written in the same transaction
+    as the change, when it commits: the two are kept or lost together (a crash right after
+    the commit loses no event), and no second transaction is needed. Events added after
+    the last commit are written by :meth:`publish`."""
 
     events: list[DomainEvent] = field(default_factory=list)
+    staged: int = 0  # events[:staged] were written by a commit of the attached session
+    session: AsyncSession | None = None
 
     def add(self, kind: str, workspace_id: str, **data: Any) -> None:
         self.events.append(DomainEvent(kind=kind, workspace_id=workspace_id, data=data))
 
+    def attach(self, session: AsyncSession) -> Outbox:
+        self.session = session
+        sa_event.listen(session.sync_session, "before_commit", self._stage)
+        return self
+
+    def _stage(self, sync_session: Any) -> None:
+        pending = self.events[self.staged :]
+        if pending:
+            stage_events(sync_session, pending)
+            self.staged = len(self.events)
+
     async def publish(self, bus: EventBus | None) -> None:
+        rest = self.events[self.staged :]
         if bus is not None:
-            await bus.publish(self.events)
+            if rest:
+                await bus.publish(rest)
+            if self.staged:
+                bus.wake()
+        if self.session is not None:
+            sa_event.remove(self.session.sync_session, "before_commit", self._stage)
+            self.session = None
         self.events.clear()
+        self.staged = 0
 
 
 # --- statuses and labels -------------------------------------------------------------

@@ -270,7 +270,7 @@ async def quick_create(
     title: Annotated[str, Form()] = "",
     status_id: Annotated[str | None, Form()] = None,
 ) -> Response:
-    outbox = service.Outbox()
+    outbox = service.Outbox().attach(session)
     try:
         if not title.strip():
             raise ProblemError(422, "an issue needs a title")
@@ -350,7 +350,7 @@ async def move_issue(
     position = await _position_between(session, access, after, before)
     if position is not None:
         patch.position = position
-    outbox = service.Outbox()
+    outbox = service.Outbox().attach(session)
     try:
         await service.update_issue(session, access, key, patch, outbox)
     except ProblemError as exc:
@@ -545,7 +545,7 @@ async def edit_issue(
                 ) from None
         if parent is not None:
             patch.parent = parent.strip() or None
-        outbox = service.Outbox()
+        outbox = service.Outbox().attach(session)
         issue = await service.update_issue(session, access, key, patch, outbox)
     except ProblemError as exc:
         return await _issue_with_error(request, session, access, key, exc, **typed)
@@ -563,7 +563,7 @@ async def add_comment(
     body: Annotated[str, Form()] = "",
     parent_id: Annotated[str | None, Form()] = None,
 ) -> Response:
-    outbox = service.Outbox()
+    outbox = service.Outbox().attach(session)
     try:
         if not body.strip():
             raise ProblemError(422, "write something first", field="comment")
@@ -595,7 +595,7 @@ async def add_blocker(
     bus: EventBusDep,
     blocked_by: Annotated[str, Form()] = "",
 ) -> Response:
-    outbox = service.Outbox()
+    outbox = service.Outbox().attach(session)
     try:
         if not blocked_by.strip():
             raise ProblemError(422, "name the issue that blocks this one", field="blocked_by")
@@ -618,7 +618,7 @@ async def task_action(
     """Cancel a task or run its agent again, then back to the issue."""
     task = await dispatch.get_task_or_404(session, access, task_id)
     key = await service.issue_key_of(session, access.workspace, task.issue_id)
-    outbox = service.Outbox()
+    outbox = service.Outbox().attach(session)
     try:
         if action == "cancel":
             await dispatch.cancel(session, access, task_id, outbox)
