@@ -283,6 +283,23 @@ async def test_an_attached_outbox_commits_its_events_with_the_change(db: Databas
                 == 0
             )
 
+        # A commit that fails after the events were written (the flush inside the commit
+        # breaks a unique constraint) takes them back; a retry that commits writes them.
+        from sqlalchemy.exc import IntegrityError
+
+        async with db.session() as session:
+            outbox = Outbox().attach(session)
+            outbox.add("workspace.retried", "ws-outbox")
+            session.add(Workspace(slug="kept", name="Duplicate", key_prefix="K"))
+            with pytest.raises(IntegrityError):
+                await session.commit()
+            await session.rollback()
+            session.add(Workspace(slug="retried", name="Retried", key_prefix="R"))
+            await session.commit()
+        assert await _stored(db, "workspace.retried") == 1, "written once, by the retry"
+        event = await asyncio.wait_for(inbox.queue.get(), timeout=5)
+        assert event.kind == "workspace.retried"
+
         # Events added after the last commit are still published by publish().
         async with db.session() as session:
             outbox = Outbox().attach(session)

@@ -662,15 +662,22 @@ async def authenticate_token(session: AsyncSession, plaintext: str) -> tuple[Use
         raise ProblemError(
             401, "the bearer token is not a Forgehall access token", type_="invalid-token"
         )
-    row = await session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(plaintext)))
-    if row is None or not equal(row.token_hash, hash_token(plaintext)) or row.kind != kind:
+    digest = hash_token(plaintext)
+    found = (
+        await session.execute(
+            select(ApiToken, User)
+            .join(User, User.id == ApiToken.user_id)
+            .where(ApiToken.token_hash == digest)
+        )
+    ).first()
+    if found is None or not equal(found[0].token_hash, digest) or found[0].kind != kind:
         raise ProblemError(401, "the bearer token is not valid", type_="invalid-token")
+    row, user = found
     if row.revoked_at is not None:
         raise ProblemError(401, "the bearer token was revoked", type_="invalid-token")
     if row.expires_at is not None and row.expires_at <= now():
         raise ProblemError(401, "the bearer token has expired", type_="invalid-token")
-    user = await session.get(User, row.user_id)
-    if user is None or user.is_disabled:
+    if user.is_disabled:
         raise ProblemError(401, "the account of this token is disabled", type_="invalid-token")
     if row.last_used_at is None or now() - row.last_used_at > timedelta(minutes=1):
         row.last_used_at = now()

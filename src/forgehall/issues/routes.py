@@ -57,7 +57,10 @@ def _assignee(ref: ActorRef | None) -> service.AssigneeRef | None:
 
 async def issue_out(session: AsyncSession, access: Access, issues: list[Issue]) -> list[IssueOut]:
     labels = await service.issue_labels(session, [i.id for i in issues])
-    statuses = {s.id: s for s in await service.list_statuses(session, access)}
+    if len(issues) == 1:  # one issue (its detail): its status is usually loaded already
+        statuses = {issues[0].status_id: await service.get_status(session, issues[0].status_id)}
+    else:
+        statuses = {s.id: s for s in await service.list_statuses(session, access)}
     parents = await service.issue_numbers(session, [i.parent_id for i in issues if i.parent_id])
     prefix = access.workspace.key_prefix
     return [

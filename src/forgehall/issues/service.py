@@ -101,7 +101,8 @@ class Outbox:
     the last commit are written by :meth:`publish`."""
 
     events: list[DomainEvent] = field(default_factory=list)
-    staged: int = 0  # events[:staged] were written by a commit of the attached session
+    staged: int = 0  # events[:staged] were committed by the attached session
+    writing: int = 0  # events[:writing] are written in its open transaction
     session: AsyncSession | None = None
 
     def add(self, kind: str, workspace_id: str, **data: Any) -> None:
@@ -109,14 +110,31 @@ class Outbox:
 
     def attach(self, session: AsyncSession) -> Outbox:
         self.session = session
-        sa_event.listen(session.sync_session, "before_commit", self._stage)
+        for name, hook in self._hooks():
+            sa_event.listen(session.sync_session, name, hook)
         return self
 
+    def _hooks(self) -> list[tuple[str, Any]]:
+        return [
+            ("before_commit", self._stage),
+            ("after_commit", self._committed),
+            ("after_rollback", self._rolled_back),
+        ]
+
     def _stage(self, sync_session: Any) -> None:
-        pending = self.events[self.staged :]
+        if sync_session.in_nested_transaction():
+            return  # a savepoint: its events go with the outer transaction's commit
+        self.writing = max(self.writing, self.staged)
+        pending = self.events[self.writing :]
         if pending:
             stage_events(sync_session, pending)
-            self.staged = len(self.events)
+            self.writing = len(self.events)
+
+    def _committed(self, _sync_session: Any) -> None:
+        self.staged = max(self.staged, self.writing)
+
+    def _rolled_back(self, _sync_session: Any) -> None:
+        self.writing = self.staged  # what the rolled-back transaction wrote is gone
 
     async def publish(self, bus: EventBus | None) -> None:
         rest = self.events[self.staged :]
@@ -126,10 +144,11 @@ class Outbox:
             if self.staged:
                 bus.wake()
         if self.session is not None:
-            sa_event.remove(self.session.sync_session, "before_commit", self._stage)
+            for name, hook in self._hooks():
+                sa_event.remove(self.session.sync_session, name, hook)
             self.session = None
         self.events.clear()
-        self.staged = 0
+        self.staged = self.writing = 0
 
 
 # --- statuses and labels -------------------------------------------------------------
@@ -141,6 +160,13 @@ async def create_default_statuses(session: AsyncSession, workspace_id: str) -> N
         session.add(
             Status(workspace_id=workspace_id, name=name, category=category, position=position)
         )
+
+
+async def get_status(session: AsyncSession, status_id: str) -> Status:
+    """A status by id (from the session's identity map when it was loaded already)."""
+    status = await session.get(Status, status_id)
+    assert status is not None  # issues.status_id is a foreign key
+    return status
 
 
 async def list_statuses(session: AsyncSession, access: Access) -> list[Status]:

@@ -19,7 +19,7 @@ from enum import IntEnum
 from typing import Annotated
 
 from fastapi import Depends
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
 
 from forgehall.core.deps import SessionDep
 from forgehall.core.errors import ProblemError
@@ -72,21 +72,29 @@ async def resolve_access(
             "personal access token here",
             type_="wrong-token-kind",
         )
-    query = select(Workspace).where(or_(Workspace.slug == workspace, Workspace.id == workspace))
-    found = await session.scalar(query)
-    if found is None:
+    # The workspace and the caller's membership in one query (every request runs it).
+    row = (
+        await session.execute(
+            select(Workspace, Member.role)
+            .outerjoin(
+                Member,
+                and_(Member.workspace_id == Workspace.id, Member.user_id == principal.user.id),
+            )
+            .where(or_(Workspace.slug == workspace, Workspace.id == workspace))
+        )
+    ).first()
+    if row is None:
         raise ProblemError(404, f"workspace {workspace} was not found")
+    found, member_role = row
     if principal.kind == "tsk":
         # A task token acts for the workspace it is bound to, and only while the person
         # who minted it is still a member there.
-        minter = await session.get(Member, (found.id, principal.user.id))
-        if principal.workspace_id != found.id or minter is None:
+        if principal.workspace_id != found.id or member_role is None:
             raise ProblemError(404, f"workspace {workspace} was not found")
         return Access(workspace=found, principal=principal, role=Role.MEMBER, member_role=None)
-    member = await session.get(Member, (found.id, principal.user.id))
-    if member is None:
+    if member_role is None:
         raise ProblemError(404, f"workspace {workspace} was not found")
-    role = Role[member.role]
+    role = Role[member_role]
     effective = (
         max(role, Role.ADMIN) if principal.user.is_instance_admin and role < Role.OWNER else role
     )
@@ -134,9 +142,18 @@ async def resolve_daemon_access(principal: CurrentPrincipal, session: SessionDep
             "`forgehall daemon token create`",
             type_="wrong-token-kind",
         )
-    workspace = await session.get(Workspace, principal.workspace_id or "")
-    minter = await session.get(Member, (workspace.id, principal.user.id)) if workspace else None
-    if workspace is None or minter is None:
+    row = (
+        await session.execute(
+            select(Workspace, Member.role)
+            .join(
+                Member,
+                and_(Member.workspace_id == Workspace.id, Member.user_id == principal.user.id),
+            )
+            .where(Workspace.id == (principal.workspace_id or ""))
+        )
+    ).first()
+    workspace = row[0] if row is not None else None
+    if workspace is None:
         raise ProblemError(
             403,
             "this daemon token's workspace is gone or its creator left it; mint a new token",
