@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from forgehall.core.deps import EventBusDep, SessionDep
+from forgehall.core.deps import DatabaseDep, EventBusDep, SessionDep
 from forgehall.issues import service
 from forgehall.issues.models import Comment, Issue, Status
 from forgehall.issues.schemas import (
@@ -89,14 +89,14 @@ async def issue_out(session: AsyncSession, access: Access, issues: list[Issue]) 
 async def issue_detail(session: AsyncSession, access: Access, issue: Issue) -> IssueDetailOut:
     (base,) = await issue_out(session, access, [issue])
     done, total = await service.sub_issue_progress(session, issue)
-    blocked_by, blocks = await service.list_dependencies(session, access, issue.id)
+    blocked_by, blocks = await service.dependency_numbers(session, issue)
     prefix = access.workspace.key_prefix
     return IssueDetailOut(
         **base.model_dump(),
         sub_issues_done=done,
         sub_issues_total=total,
-        blocked_by=[f"{prefix}-{i.number}" for i in blocked_by],
-        blocks=[f"{prefix}-{i.number}" for i in blocks],
+        blocked_by=[f"{prefix}-{n}" for n in blocked_by],
+        blocks=[f"{prefix}-{n}" for n in blocks],
     )
 
 
@@ -234,7 +234,12 @@ async def read_issue(key: str, access: MemberAccess, session: SessionDep) -> Iss
     responses={409: {"description": "Stale revision"}, **NOT_FOUND, **INVALID},
 )
 async def update_issue(
-    key: str, body: IssuePatchIn, access: MemberAccess, session: SessionDep, bus: EventBusDep
+    key: str,
+    body: IssuePatchIn,
+    access: MemberAccess,
+    session: SessionDep,
+    bus: EventBusDep,
+    db: DatabaseDep,
 ) -> IssueDetailOut:
     sent = body.model_fields_set
     patch = service.IssuePatch(revision=body.revision)
@@ -255,7 +260,9 @@ async def update_issue(
     outbox = service.Outbox().attach(session)
     issue = await service.update_issue(session, access, key, patch, outbox)
     await outbox.publish(bus)
-    return await issue_detail(session, access, issue)
+    await session.close()  # the change is committed: let the next writer in (SQLite)
+    async with db.read_session() as reads:
+        return await issue_detail(reads, access, issue)
 
 
 @router.get(

@@ -1078,6 +1078,26 @@ async def list_dependencies(
     return list(blocked_by), list(blocks)
 
 
+async def dependency_numbers(session: AsyncSession, issue: Issue) -> tuple[list[int], list[int]]:
+    """The numbers of (blocked_by, blocks) of an issue, in one query."""
+    rows = await session.execute(
+        select(Dependency.blocked_id == issue.id, Issue.number)
+        .join(
+            Dependency,
+            or_(
+                and_(Dependency.blocker_id == Issue.id, Dependency.blocked_id == issue.id),
+                and_(Dependency.blocked_id == Issue.id, Dependency.blocker_id == issue.id),
+            ),
+        )
+        .order_by(Issue.number)
+    )
+    blocked_by: list[int] = []
+    blocks: list[int] = []
+    for is_blocker, number in rows.all():
+        (blocked_by if is_blocker else blocks).append(number)
+    return blocked_by, blocks
+
+
 # --- comments and mentions ------------------------------------------------------------------
 
 
