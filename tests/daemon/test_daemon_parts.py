@@ -196,3 +196,34 @@ def test_a_full_disk_keeps_the_report_in_memory_and_still_delivers_it(tmp_path: 
     assert [e.task_id for e in data.journal_entries()] == ["t-full"], "delivered from memory"
     data.forget_journal("t-full")
     assert data.journal_entries() == []
+
+
+def test_worktrees_from_the_repository_cache(tmp_path: Path) -> None:
+    """A task's worktree: a new branch from the default one, the brief kept out of git,
+    the same branch again for a later task after its directory was deleted by hand, and
+    a clear error for a default branch that does not exist."""
+    from forgehall.daemon.workdir import WorkspaceError
+
+    origin = make_origin(tmp_path / "origin")
+    repo = ClaimedRepository(name="app", url=str(origin), default_branch="main")
+    workdirs = Workdirs(tmp_path / "work")
+    first = asyncio.run(workdirs.prepare("bot", "ENG-1", [repo], "AGENTS.md"))
+    assert git("rev-parse", "--abbrev-ref", "HEAD", cwd=first.work) == "forgehall/bot/ENG-1"
+    (first.work / "AGENTS.md").write_text("brief")
+    assert git("status", "--porcelain", cwd=first.work) == "", "the brief is excluded"
+    (first.work / "change.txt").write_text("work")
+    git("add", "change.txt", cwd=first.work)
+    git("commit", "--quiet", "-m", "work", cwd=first.work)
+
+    # Someone deletes the task directory: git still lists the worktree; the branch and
+    # its commit come back in a fresh worktree.
+    import shutil
+
+    shutil.rmtree(first.root)
+    again = asyncio.run(workdirs.prepare("bot", "ENG-1", [repo], "AGENTS.md"))
+    assert (again.work / "change.txt").read_text() == "work"
+
+    wrong = ClaimedRepository(name="app", url=str(origin), default_branch="trunk")
+    with pytest.raises(WorkspaceError, match="no branch 'trunk'") as raised:
+        asyncio.run(workdirs.prepare("bot", "ENG-2", [wrong], "AGENTS.md"))
+    assert raised.value.retryable is False

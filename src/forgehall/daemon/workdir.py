@@ -155,26 +155,31 @@ class Workdirs:
             cache = await self._refresh_cache(repo)
             if (target / ".git").exists():
                 return  # a follow-up: the worktree stays as the last run left it
-            await _git("worktree", "prune", cwd=cache)
             start = f"refs/remotes/origin/{repo.default_branch}"
-            has_branch = True
-            try:
-                await _git("rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", cwd=cache)
-            except WorkspaceError:
-                has_branch = False
-            if has_branch:
-                await _git("worktree", "add", "--quiet", str(target), branch, cwd=cache)
+            # Which of the two exist, in one git call (each call is a process start).
+            refs = set(
+                (
+                    await _git(
+                        "for-each-ref", "--format=%(refname)", f"refs/heads/{branch}", start,
+                        cwd=cache,
+                    )
+                ).split()
+            )  # fmt: skip
+            if f"refs/heads/{branch}" in refs:
+                add = ["worktree", "add", "--quiet", str(target), branch]
+            elif start in refs:
+                add = ["worktree", "add", "--quiet", "-b", branch, str(target), start]
             else:
-                try:
-                    await _git("rev-parse", "--verify", "--quiet", start, cwd=cache)
-                except WorkspaceError:
-                    raise WorkspaceError(
-                        f"repository {repo.name}: no branch {repo.default_branch!r} at {repo.url}",
-                        retryable=False,
-                    ) from None
-                await _git(
-                    "worktree", "add", "--quiet", "-b", branch, str(target), start, cwd=cache
+                raise WorkspaceError(
+                    f"repository {repo.name}: no branch {repo.default_branch!r} at {repo.url}",
+                    retryable=False,
                 )
+            try:
+                await _git(*add, cwd=cache)
+            except WorkspaceError:
+                # A worktree removed by hand is still registered: forget such ones, retry.
+                await _git("worktree", "prune", cwd=cache)
+                await _git(*add, cwd=cache)
 
     async def prepare(
         self, agent: str, issue_key: str, repositories: list[ClaimedRepository], brief_file: str
@@ -207,17 +212,35 @@ class Workdirs:
         # A linked worktree's git dir is <cache>/worktrees/<name>; info/exclude is read
         # from the common dir, which is shared by all worktrees of the cache: fine, the
         # brief's name is the same for every task of a provider.
-        answer = await _git("rev-parse", "--absolute-git-dir", "--git-common-dir", cwd=tree)
-        git_dir_text, common_text = answer.splitlines()[:2]
-        git_dir, common = Path(git_dir_text.strip()), Path(common_text.strip())
-        if not common.is_absolute():
-            common = (tree / common).resolve()
+        git_dir, common = _git_dirs(tree)
         for directory in {git_dir, common}:
             exclude = directory / "info" / "exclude"
             exclude.parent.mkdir(parents=True, exist_ok=True)
             lines = exclude.read_text().splitlines() if exclude.exists() else []
             if f"/{name}" not in lines:
                 exclude.write_text("\n".join([*lines, f"/{name}"]) + "\n")
+
+
+def _git_dirs(tree: Path) -> tuple[Path, Path]:
+    """A work tree's git dir and common dir, read from the files git keeps (no process):
+    ``.git`` is the git dir itself, or a file naming it (a linked worktree), whose
+    ``commondir`` file names the repository it belongs to."""
+    dot_git = tree / ".git"
+    if dot_git.is_dir():
+        return dot_git, dot_git
+    pointer = dot_git.read_text().strip()
+    if not pointer.startswith("gitdir:"):
+        raise WorkspaceError(f"{dot_git} is not a git pointer file", retryable=False)
+    git_dir = Path(pointer.removeprefix("gitdir:").strip())
+    if not git_dir.is_absolute():
+        git_dir = (tree / git_dir).resolve()
+    common_file = git_dir / "commondir"
+    common = git_dir
+    if common_file.exists():
+        common = Path(common_file.read_text().strip())
+        if not common.is_absolute():
+            common = (git_dir / common).resolve()
+    return git_dir, common
 
 
 # --- garbage collection ---------------------------------------------------------------
