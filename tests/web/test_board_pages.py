@@ -265,3 +265,23 @@ async def test_live_fragments_answer_with_just_their_part(browser: httpx.AsyncCl
         assert "<html" not in got.text
     board = await browser.get("/w/platform/board", headers=fragment)
     assert board.text.lstrip().startswith('<div id="board"')
+
+
+async def test_the_markdown_preview_renders_safely_for_signed_in_people(
+    app: FastAPI, browser: httpx.AsyncClient
+) -> None:
+    shown = await browser.post(
+        "/preview",
+        params={"field": "instructions"},
+        data={"instructions": "**bold** <script>x()</script> [a](javascript:y())", "name": "n"},
+    )
+    assert shown.status_code == 200
+    assert "<strong>bold</strong>" in shown.text
+    assert "<script>" not in shown.text
+    assert 'href="javascript:' not in shown.text
+    empty = await browser.post("/preview", params={"field": "description"}, data={})
+    assert "Nothing to preview yet" in empty.text
+    async with new_client(app) as anonymous:
+        refused = await anonymous.post("/preview", data={"text": "x"}, headers=HTML)
+        assert refused.status_code == 303
+        assert refused.headers["location"].startswith("/login")

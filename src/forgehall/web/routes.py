@@ -17,6 +17,7 @@ from forgehall.core.deps import SessionDep, SettingsDep
 from forgehall.core.errors import ProblemError
 from forgehall.identity import service
 from forgehall.identity.auth import (
+    CurrentUser,
     MailerDep,
     OptionalPrincipal,
     client_ip,
@@ -324,3 +325,18 @@ async def invitation_answer(
             request, "message.html", status=exc.status, heading="Invitation", message=exc.detail
         )
     return RedirectResponse("/", status_code=303)
+
+
+#: The largest text the live preview renders (the same cut as the pages' own rendering).
+PREVIEW_LIMIT = 100_000
+
+
+@router.post("/preview", response_class=HTMLResponse)
+async def markdown_preview(request: Request, user: CurrentUser) -> HTMLResponse:
+    """Markdown rendered as a page would show it, for the live preview beside a textarea
+    (``field`` in the query names which form field to render)."""
+    form = await request.form()
+    field = request.query_params.get("field", "text")
+    value = form.get(field, "")
+    text = value[:PREVIEW_LIMIT] if isinstance(value, str) else ""
+    return render(request, "_preview.html", text=text)

@@ -282,6 +282,11 @@ def test_keyboard_board_mention_completion_and_phone_width(
     ada.get_by_role("button", name="Comment").click()
     expect(ada.locator("#comments").get_by_text("Ping @ada@example.com")).to_be_visible()
 
+    # The agent form previews its instructions as they are typed.
+    ada.goto("/w/platform/agents/new")
+    ada.get_by_label("Instructions").fill("Be **brief**.")
+    expect(ada.locator("#agent-instructions-preview strong")).to_have_text("brief")
+
     # A phone's width: the navigation folds above the content, nothing overflows sideways.
     ada.set_viewport_size({"width": 390, "height": 844})
     pages = ("board", "issues", "issues/PLT-1", "settings", "agents", "agents/new", "runtimes")
