@@ -213,9 +213,9 @@ async def _undelivered_cancellations(session: AsyncSession, runtime: Runtime) ->
 
 async def _claimed(session: AsyncSession, access: Access, task: Task) -> ClaimedTask:
     agent = await session.get(Agent, task.agent_id)
-    workspace = await session.get(Workspace, task.workspace_id)
+    workspace = access.workspace  # the daemon's workspace: every task it claims is of it
     assert agent is not None
-    assert workspace is not None
+    assert workspace.id == task.workspace_id
     brief = await issues.brief_for_agent(session, workspace, task.issue_id)
     repositories = (
         await session.execute(

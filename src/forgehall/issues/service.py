@@ -1673,11 +1673,16 @@ AGENT_COMMENTS = 200
 
 
 async def brief_for_agent(session: AsyncSession, workspace: Workspace, issue_id: str) -> IssueBrief:
-    issue = await session.get(Issue, issue_id)
-    assert issue is not None
+    found = (
+        await session.execute(
+            select(Issue, Status)
+            .join(Status, Status.id == Issue.status_id)
+            .where(Issue.id == issue_id)
+        )
+    ).first()
+    assert found is not None
+    issue, status = found
     assert issue.workspace_id == workspace.id
-    status = await session.get(Status, issue.status_id)
-    assert status is not None
     labels = (
         await session.execute(
             select(Label.name)
