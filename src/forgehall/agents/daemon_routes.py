@@ -144,7 +144,7 @@ async def claim(
     body = body or ClaimIn()
     await dispatch.runtime_of(session, access, runtime_id)
     await session.commit()  # hold no connection (on SQLite: not the writer) while waiting
-    outbox = Outbox().attach(session)
+    outbox = Outbox()  # filled by claim_waiting's own transactions, published afterwards
     result = await dispatch.claim_waiting(
         db, bus, access, runtime_id, body.limit, body.wait, outbox, request.is_disconnected
     )

@@ -57,7 +57,7 @@ def _assignee(ref: ActorRef | None) -> service.AssigneeRef | None:
 
 async def issue_out(session: AsyncSession, access: Access, issues: list[Issue]) -> list[IssueOut]:
     labels = await service.issue_labels(session, [i.id for i in issues])
-    if len(issues) == 1:  # one issue (its detail): its status is usually loaded already
+    if len(issues) == 1:  # one issue (its detail): one status, not the whole list
         statuses = {issues[0].status_id: await service.get_status(session, issues[0].status_id)}
     else:
         statuses = {s.id: s for s in await service.list_statuses(session, access)}

@@ -163,7 +163,7 @@ async def create_default_statuses(session: AsyncSession, workspace_id: str) -> N
 
 
 async def get_status(session: AsyncSession, status_id: str) -> Status:
-    """A status by id (from the session's identity map when it was loaded already)."""
+    """A status by id."""
     status = await session.get(Status, status_id)
     assert status is not None  # issues.status_id is a foreign key
     return status
@@ -1044,38 +1044,6 @@ async def _maybe_unblock(
         session, access, issue, actor, "status_changed", f"{issue_key(access, issue)} is unblocked"
     )
     return [issue]
-
-
-async def list_dependencies(
-    session: AsyncSession, access: Access, key: str
-) -> tuple[list[Issue], list[Issue]]:
-    """(blocked_by, blocks) of an issue."""
-    issue = await get_issue_or_404(session, access, key)
-    blocked_by = (
-        (
-            await session.execute(
-                select(Issue)
-                .join(Dependency, Dependency.blocker_id == Issue.id)
-                .where(Dependency.blocked_id == issue.id)
-                .order_by(Issue.number)
-            )
-        )
-        .scalars()
-        .all()
-    )
-    blocks = (
-        (
-            await session.execute(
-                select(Issue)
-                .join(Dependency, Dependency.blocked_id == Issue.id)
-                .where(Dependency.blocker_id == issue.id)
-                .order_by(Issue.number)
-            )
-        )
-        .scalars()
-        .all()
-    )
-    return list(blocked_by), list(blocks)
 
 
 async def dependency_numbers(session: AsyncSession, issue: Issue) -> tuple[list[int], list[int]]:

@@ -35,7 +35,7 @@ from forgehall.identity.routes import login_buttons
 from forgehall.issues import service as issues
 from forgehall.settings import Settings
 from forgehall.web.board import Person, people
-from forgehall.web.pages import discard, is_fragment, page, render, user_shell
+from forgehall.web.pages import discard, is_fragment, page, render, user_shell, workspace_url
 from forgehall.workspaces.access import Access, MemberAccess
 
 router = APIRouter(include_in_schema=False)
@@ -73,7 +73,7 @@ class InboxItem:
 
 
 def _inbox_url(access: Access, view: str) -> str:
-    base = f"/w/{access.workspace.slug}/inbox"
+    base = f"{workspace_url(access)}/inbox"
     return f"{base}?view=archived" if view == "archived" else base
 
 
@@ -123,7 +123,7 @@ async def inbox_page(
         view="archived" if archived else "inbox",
         any_unread=any(not item.read for item in items),
         limit=INBOX_LIMIT,
-        base=f"/w/{access.workspace.slug}",
+        base=workspace_url(access),
     )
 
 

@@ -30,7 +30,7 @@ from forgehall.core.errors import ProblemError
 from forgehall.identity import service as identity
 from forgehall.settings import Settings
 from forgehall.web.board import Person
-from forgehall.web.pages import discard, is_fragment, page, render
+from forgehall.web.pages import discard, is_fragment, page, render, workspace_url
 from forgehall.workspaces.access import Access, AdminAccess, MemberAccess, Role
 
 router = APIRouter(include_in_schema=False)
@@ -38,10 +38,6 @@ router = APIRouter(include_in_schema=False)
 ACTIVE = ("queued", "dispatched", "running")
 #: At most this many active tasks are read for the "current work" columns.
 ACTIVE_LIMIT = 500
-
-
-def _base(access: Access) -> str:
-    return f"/w/{access.workspace.slug}"
 
 
 # --- the agent list -----------------------------------------------------------------------
@@ -87,7 +83,7 @@ async def _list_context(session: AsyncSession, access: Access) -> dict[str, Any]
     return {
         "agents": await _rows(session, access, False, tasks),
         "archived": await _rows(session, access, True, []),
-        "base": _base(access),
+        "base": workspace_url(access),
     }
 
 
@@ -207,7 +203,7 @@ async def _form_context(session: AsyncSession, access: Access) -> dict[str, Any]
         "providers": PROVIDERS,
         "parsers": PARSERS,
         "runtimes": await agents.list_runtimes(session, access),
-        "base": _base(access),
+        "base": workspace_url(access),
     }
 
 
@@ -315,7 +311,7 @@ async def create_agent(
     except ProblemError as exc:
         await discard(session, access.workspace, access.principal.user)
         return await _form_page(request, session, access, form, status=exc.status, error=exc)
-    return RedirectResponse(f"{_base(access)}/agents/{agent.id}?saved=1", status_code=303)
+    return RedirectResponse(f"{workspace_url(access)}/agents/{agent.id}?saved=1", status_code=303)
 
 
 async def _view(session: AsyncSession, access: Access, agent_id: str) -> agents.AgentView:
@@ -375,7 +371,9 @@ async def update_agent(
         return await _form_page(
             request, session, access, form, view=view, status=exc.status, error=exc
         )
-    return RedirectResponse(f"{_base(access)}/agents/{view.agent.id}?saved=1", status_code=303)
+    return RedirectResponse(
+        f"{workspace_url(access)}/agents/{view.agent.id}?saved=1", status_code=303
+    )
 
 
 @router.post("/w/{workspace}/agents/{agent_id}/{action}", response_model=None)
@@ -385,7 +383,7 @@ async def archive_or_restore(
     if action not in ("archive", "restore"):
         raise ProblemError(404, "there is nothing here")
     await agents.set_archived(session, access, agent_id, action == "archive")
-    return RedirectResponse(f"{_base(access)}/agents", status_code=303)
+    return RedirectResponse(f"{workspace_url(access)}/agents", status_code=303)
 
 
 # --- runtimes ------------------------------------------------------------------------------
@@ -412,7 +410,7 @@ async def _runtimes_context(session: AsyncSession, access: Access) -> dict[str, 
     return {
         "runtimes": runtimes,
         "tokens": tokens,
-        "base": _base(access),
+        "base": workspace_url(access),
     }
 
 
@@ -516,4 +514,4 @@ async def mint_daemon_token(
 @router.post("/w/{workspace}/runtimes/daemon-tokens/{token_id}/revoke", response_model=None)
 async def revoke_daemon_token(token_id: str, access: AdminAccess, session: SessionDep) -> Response:
     await identity.revoke_workspace_token(session, access.workspace.id, "dmn", token_id)
-    return RedirectResponse(f"{_base(access)}/runtimes", status_code=303)
+    return RedirectResponse(f"{workspace_url(access)}/runtimes", status_code=303)

@@ -25,7 +25,7 @@ from forgehall.core.errors import ProblemError
 from forgehall.issues import service
 from forgehall.issues.models import Issue
 from forgehall.web.evidence import issue_evidence
-from forgehall.web.pages import discard, fragment, is_fragment, page, render
+from forgehall.web.pages import discard, fragment, is_fragment, page, render, workspace_url
 from forgehall.workspaces.access import Access, MemberAccess
 from forgehall.workspaces.service import list_members
 
@@ -73,14 +73,6 @@ async def people(session: AsyncSession, access: Access) -> People:
     return People(members, agents)
 
 
-def _base(access: Access) -> str:
-    return f"/w/{access.workspace.slug}"
-
-
-def _key(access: Access, issue: Issue) -> str:
-    return f"{access.workspace.key_prefix}-{issue.number}"
-
-
 @dataclass
 class Card:
     key: str
@@ -102,7 +94,7 @@ async def cards(
     names = {label.id: label.name for label in await service.list_labels(session, access)}
     return [
         Card(
-            key=_key(access, i),
+            key=service.issue_key(access, i),
             title=i.title,
             priority=i.priority,
             revision=i.revision,
@@ -148,7 +140,7 @@ FilterParams = Annotated[str | None, Query(max_length=200)]
 
 @router.get("/w/{workspace}", response_model=None)
 async def workspace_home(access: MemberAccess) -> Response:
-    return RedirectResponse(f"{_base(access)}/board", status_code=303)
+    return RedirectResponse(f"{workspace_url(access)}/board", status_code=303)
 
 
 @router.get("/w/{workspace}/board", response_class=HTMLResponse)
@@ -198,7 +190,7 @@ async def board_page(
     columns = [
         (
             status,
-            [by_key[_key(access, i)] for i in shown[status.id]],
+            [by_key[service.issue_key(access, i)] for i in shown[status.id]],
             counts.get(status.id, 0),
         )
         for status in statuses
@@ -210,7 +202,7 @@ async def board_page(
         "people": who,
         "labels": await service.list_labels(session, access),
         "priorities": PRIORITIES,
-        "base": _base(access),
+        "base": workspace_url(access),
         "error": error,
         "column_limit": COLUMN_LIMIT,
         "capped": capped,
@@ -256,7 +248,7 @@ async def issue_list_page(
         people=who,
         labels=await service.list_labels(session, access),
         priorities=PRIORITIES,
-        base=_base(access),
+        base=workspace_url(access),
         error=error,
     )
 
@@ -281,12 +273,14 @@ async def quick_create(
             outbox,
         )
     except ProblemError as exc:
-        back = f"{_base(access)}/board?{urlencode({'error': exc.detail})}"
+        back = f"{workspace_url(access)}/board?{urlencode({'error': exc.detail})}"
         return RedirectResponse(back, status_code=303)
     await outbox.publish(bus)
     if is_fragment(request):
         return Response(status_code=204, headers={"HX-Trigger": "issue-created"})
-    return RedirectResponse(f"{_base(access)}/issues/{_key(access, issue)}", status_code=303)
+    return RedirectResponse(
+        f"{workspace_url(access)}/issues/{service.issue_key(access, issue)}", status_code=303
+    )
 
 
 async def _position_between(
@@ -324,12 +318,12 @@ async def move_form(
         access,
         "board/move.html",
         "board",
-        key=_key(access, issue),
+        key=service.issue_key(access, issue),
         title=issue.title,
         revision=issue.revision,
         status_id=issue.status_id,
         statuses=await service.list_statuses(session, access),
-        base=_base(access),
+        base=workspace_url(access),
     )
 
 
@@ -357,12 +351,12 @@ async def move_issue(
         if is_fragment(request):
             return JSONResponse({"detail": exc.detail}, status_code=exc.status)
         return RedirectResponse(
-            f"{_base(access)}/board?{urlencode({'error': exc.detail})}", status_code=303
+            f"{workspace_url(access)}/board?{urlencode({'error': exc.detail})}", status_code=303
         )
     await outbox.publish(bus)
     if is_fragment(request):
         return Response(status_code=204)
-    return RedirectResponse(f"{_base(access)}/board", status_code=303)
+    return RedirectResponse(f"{workspace_url(access)}/board", status_code=303)
 
 
 @router.get("/w/{workspace}/mentions", response_model=None)
@@ -387,14 +381,14 @@ PARTS = ("main", "comments", "tasks", "fields", "gates")
 
 async def issue_context(session: AsyncSession, access: Access, key: str) -> dict[str, Any]:
     issue = await service.get_issue_or_404(session, access, key)
-    key = _key(access, issue)
+    key = service.issue_key(access, issue)
     who = await people(session, access)
     statuses = await service.list_statuses(session, access)
     done, total = await service.sub_issue_progress(session, issue)
     subs, _ = await service.list_issues(
         session, access, service.IssueFilter(parent=key, sort="position", limit=100)
     )
-    blocked_by, blocks = await service.list_dependencies(session, access, issue.id)
+    blocked_by, blocks = await service.dependency_numbers(session, issue)
     comments = await service.list_comments(session, access, key)
     tasks = await tasks_out(
         session, access, await dispatch.list_tasks(session, access, issue_id=issue.id, limit=20)
@@ -424,8 +418,8 @@ async def issue_context(session: AsyncSession, access: Access, key: str) -> dict
         "creator": who.find(issue.creator_user_id, issue.creator_agent_id),
         "progress": (done, total),
         "sub_issues": await cards(session, access, subs, who),
-        "blocked_by": [_key(access, i) for i in blocked_by],
-        "blocks": [_key(access, i) for i in blocks],
+        "blocked_by": [f"{access.workspace.key_prefix}-{n}" for n in blocked_by],
+        "blocks": [f"{access.workspace.key_prefix}-{n}" for n in blocks],
         "comments": comments,
         "tasks": tasks,
         "shown_task": shown_task,
@@ -434,8 +428,8 @@ async def issue_context(session: AsyncSession, access: Access, key: str) -> dict
         "label_ids": set(label_ids),
         "parent_key": parent_key,
         "priorities": PRIORITIES,
-        "base": _base(access),
-        "url": f"{_base(access)}/issues/{key}",
+        "base": workspace_url(access),
+        "url": f"{workspace_url(access)}/issues/{key}",
         **(await issue_evidence(session, access, issue)),
     }
 
@@ -550,7 +544,9 @@ async def edit_issue(
     except ProblemError as exc:
         return await _issue_with_error(request, session, access, key, exc, **typed)
     await outbox.publish(bus)
-    return RedirectResponse(f"{_base(access)}/issues/{_key(access, issue)}", status_code=303)
+    return RedirectResponse(
+        f"{workspace_url(access)}/issues/{service.issue_key(access, issue)}", status_code=303
+    )
 
 
 @router.post("/w/{workspace}/issues/{key}/comments", response_model=None)
@@ -583,7 +579,7 @@ async def add_comment(
     except ProblemError as exc:
         return await _issue_with_error(request, session, access, key, exc, comment=body)
     await outbox.publish(bus)
-    return RedirectResponse(f"{_base(access)}/issues/{key}#comments", status_code=303)
+    return RedirectResponse(f"{workspace_url(access)}/issues/{key}#comments", status_code=303)
 
 
 @router.post("/w/{workspace}/issues/{key}/dependencies", response_model=None)
@@ -603,7 +599,7 @@ async def add_blocker(
     except ProblemError as exc:
         return await _issue_with_error(request, session, access, key, exc, blocked_by=blocked_by)
     await outbox.publish(bus)
-    return RedirectResponse(f"{_base(access)}/issues/{key}", status_code=303)
+    return RedirectResponse(f"{workspace_url(access)}/issues/{key}", status_code=303)
 
 
 @router.post("/w/{workspace}/tasks/{task_id}/{action}", response_model=None)
@@ -631,7 +627,7 @@ async def task_action(
             raise
         return await _issue_with_error(request, session, access, key, exc)
     await outbox.publish(bus)
-    return RedirectResponse(f"{_base(access)}/issues/{key}", status_code=303)
+    return RedirectResponse(f"{workspace_url(access)}/issues/{key}", status_code=303)
 
 
 @router.get("/w/{workspace}/tasks/{task_id}/transcript", response_class=HTMLResponse)

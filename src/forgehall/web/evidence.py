@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from forgehall.core.deps import DatabaseDep, ReadSessionDep, SessionDep, SettingsDep
 from forgehall.core.errors import ProblemError
 from forgehall.issues.models import Issue
+from forgehall.issues.service import issue_key
 from forgehall.ledger import service
 from forgehall.ledger.checkpoint import (
     Checkpoint,
@@ -38,7 +39,7 @@ from forgehall.ledger.checkpoint import (
 from forgehall.ledger.merkle import leaf_hash, verify_inclusion
 from forgehall.ledger.models import LedgerCheckpoint, LedgerEntry
 from forgehall.settings import Settings
-from forgehall.web.pages import discard, page
+from forgehall.web.pages import discard, page, workspace_url
 from forgehall.workspaces.access import Access, MemberAccess
 from forgehall.workspaces.service import list_members
 
@@ -51,10 +52,6 @@ ISSUE_ENTRIES = 20
 OUTCOME_BADGE = {"PASS": "ok", "FAIL": "failed", "WARN": "queued", "SKIP": ""}
 
 FilterText = Annotated[str | None, Query(max_length=200)]
-
-
-def _base(access: Access) -> str:
-    return f"/w/{access.workspace.slug}"
 
 
 # --- entries as the pages show them -------------------------------------------------------
@@ -85,7 +82,7 @@ def entry_row(access: Access, row: LedgerEntry) -> EntryRow:
         gate_id=row.gate_id,
         result=row.result,
         badge=OUTCOME_BADGE.get(row.result, ""),
-        url=f"{_base(access)}/evidence/entries/{row.position}",
+        url=f"{workspace_url(access)}/evidence/entries/{row.position}",
     )
 
 
@@ -323,7 +320,7 @@ async def evidence_page(
         paged=cursor is not None,
         latest=latest,
         instance=await instance_key(writer, access, settings),
-        base=_base(access),
+        base=workspace_url(access),
         error=error,
     )
 
@@ -373,7 +370,7 @@ async def entry_page(
         path=[node.hex() for node in path],
         verification=verification,
         instance=instance,
-        base=_base(access),
+        base=workspace_url(access),
     )
 
 
@@ -407,7 +404,7 @@ async def checkpoints_page(
         checkpoints=[(row, check_checkpoint(row, instance.key, origin)) for row in rows],
         next_cursor=next_cursor,
         instance=instance,
-        base=_base(access),
+        base=workspace_url(access),
         error=error,
     )
 
@@ -445,7 +442,7 @@ class IssueEvidence:
 
 async def issue_evidence(session: AsyncSession, access: Access, issue: Issue) -> dict[str, Any]:
     """The context of ``evidence/_issue_gates.html`` for an issue: ``{"evidence": …}``."""
-    key = f"{access.workspace.key_prefix}-{issue.number}"
+    key = issue_key(access, issue)
     rows, next_cursor = await service.list_entries(
         session, access, service.EntryFilter(issue_key=key, limit=ISSUE_ENTRIES)
     )
@@ -458,7 +455,7 @@ async def issue_evidence(session: AsyncSession, access: Access, issue: Issue) ->
             readiness=report,
             entries=[entry_row(access, row) for row in rows],
             more=next_cursor is not None,
-            list_url=f"{_base(access)}/evidence?{urlencode({'issue_key': key})}",
-            base=_base(access),
+            list_url=f"{workspace_url(access)}/evidence?{urlencode({'issue_key': key})}",
+            base=workspace_url(access),
         )
     }

@@ -177,12 +177,9 @@ def user_shell(user: User, section: str) -> dict[str, Any]:
     return {"user": user, "workspace": None, "section": section, "unread": 0}
 
 
-def back_to(request: Request, fallback: str) -> RedirectResponse:
-    """After a form post without JavaScript: back where the form was (same origin only)."""
-    referer = request.headers.get("referer", "")
-    base = str(request.base_url)
-    target = referer[len(base) - 1 :] if referer.startswith(base) else fallback
-    return RedirectResponse(target or fallback, status_code=303)
+def workspace_url(access: Access) -> str:
+    """Where a workspace's pages live: ``/w/<slug>``."""
+    return f"/w/{access.workspace.slug}"
 
 
 # --- errors as pages ------------------------------------------------------------------------

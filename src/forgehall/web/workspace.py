@@ -27,7 +27,7 @@ from forgehall.identity.auth import MailerDep
 from forgehall.identity.mail import MailDeliveryError
 from forgehall.issues import service as issues
 from forgehall.issues.schemas import Category, LabelIn, StatusIn
-from forgehall.web.pages import discard, page
+from forgehall.web.pages import discard, page, workspace_url
 from forgehall.workspaces import service
 from forgehall.workspaces.access import (
     Access,
@@ -84,7 +84,7 @@ def checked(schema: type[Schema], **values: Any) -> Schema:
 
 
 def _url(access: Access) -> str:
-    return f"/w/{access.workspace.slug}/settings"
+    return f"{workspace_url(access)}/settings"
 
 
 def _done(access: Access, what: str, anchor: str) -> RedirectResponse:
@@ -97,7 +97,7 @@ async def settings_context(session: AsyncSession, access: Access) -> dict[str, A
     invitations = await service.list_invitations(session, access) if can_admin else []
     return {
         "url": _url(access),
-        "base": f"/w/{access.workspace.slug}",
+        "base": workspace_url(access),
         "can_admin": can_admin,
         "is_owner": is_owner,
         "me": access.principal.user.id,

@@ -74,6 +74,7 @@ def browser() -> Iterator[Browser]:
 @dataclass
 class Mailbox:
     handler: RecordingHandler
+    port: int
 
     def texts(self, to: str) -> list[str]:
         return [
@@ -101,9 +102,7 @@ def mailbox() -> Iterator[Mailbox]:
     port = free_port()
     controller = Controller(handler, hostname="127.0.0.1", port=port)
     controller.start()
-    box = Mailbox(handler)
-    box.port = port  # type: ignore[attr-defined]
-    yield box
+    yield Mailbox(handler, port)
     controller.stop()
 
 
@@ -133,7 +132,7 @@ def site(tmp_path: Path, browser_database_url: str, mailbox: Mailbox) -> Iterato
         DATABASE_URL=browser_database_url,
         FORGEHALL_PUBLIC_ORIGIN=f"http://127.0.0.1:{port}",
         FORGEHALL_SMTP_HOST="127.0.0.1",
-        FORGEHALL_SMTP_PORT=str(mailbox.port),  # type: ignore[attr-defined]
+        FORGEHALL_SMTP_PORT=str(mailbox.port),
         FORGEHALL_MAIL_FROM="forgehall@example.com",
         FORGEHALL_LOG_LEVEL="info",
     )
