@@ -3,6 +3,8 @@ Claude CLI, and a repository whose ``.forgehall/gates.yaml`` fails once, then pa
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
-from tests.daemon.harness import WS, Board, DaemonProcess, git, start_board, wait_for
+from tests.daemon.harness import WS, Board, DaemonProcess, alive, git, start_board, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -127,5 +129,97 @@ def test_an_invalid_gates_file_is_reported_and_nothing_is_submitted(board: Board
         assert entries.json()["items"] == [], "nothing recorded"
         assert len(board.tasks(key)) == 1, "no gates_failed follow-up"
         assert "task.gates_invalid" in daemon.output()
+    finally:
+        assert daemon.stop() == 0, daemon.output()
+
+
+def commit_gate(board: Board, command: str) -> None:
+    """Commit a gates file with one gate, ``unit``, running ``command``."""
+    (board.origin / ".forgehall").mkdir()
+    (board.origin / ".forgehall" / "gates.yaml").write_text(
+        f"version: 1\ngates:\n  - id: unit\n    command: {json.dumps(command)}\n"
+    )
+    git("add", ".forgehall/gates.yaml", cwd=board.origin)
+    git("commit", "--quiet", "-m", "gates", cwd=board.origin)
+
+
+def read_pid(path: Path) -> int:
+    def written() -> str | None:
+        text = path.read_text().strip() if path.exists() else ""
+        return text or None
+
+    return int(wait_for(path.name, written, 45))
+
+
+def test_a_cancel_while_the_gates_run_kills_them_and_records_nothing(board: Board) -> None:
+    gate_pid, child_pid = board.tmp / "gate.pid", board.tmp / "child.pid"
+    commit_gate(board, f"echo $$ > {gate_pid}; sleep 120 & echo $! > {child_pid}; wait")
+    board.add_agent("claude", FAKE_AGENT_MODE="ok")
+    daemon = DaemonProcess(board, FORGEHALL_DAEMON_CLAIM_WAIT="1").start()
+    try:
+        daemon.wait_running()
+        key = board.assign("Fix the login redirect", "claude")
+        pids = [read_pid(path) for path in (gate_pid, child_pid)]
+        assert all(alive(pid) for pid in pids), "the gate is running"
+        (task,) = board.tasks(key)
+        assert task["status"] == "running", "the task holds its lease while its gates run"
+
+        cancelled = board.api.post(f"{WS}/tasks/{task['id']}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        ended = board.wait_task(key, "cancelled", "failed", "completed", timeout=20)
+        assert ended["status"] == "cancelled", ended
+        wait_for("the gate's processes to end", lambda: not any(alive(p) for p in pids), 10)
+
+        entries = board.api.get(f"{WS}/ledger/entries", params={"issue_key": key})
+        assert entries.status_code == 200, entries.text
+        assert entries.json()["items"] == [], "a gate run that was stopped records nothing"
+        assert len(board.tasks(key)) == 1, "no gates_failed follow-up"
+        assert board.issue(key)["status"]["category"] != "in_review"
+        assert "task.gates_run" not in daemon.output()
+    finally:
+        assert daemon.stop() == 0, daemon.output()
+
+
+def test_results_refused_by_the_server_are_reported_and_change_nothing(
+    board: Board, tmp_path: Path
+) -> None:
+    """The lease runs out while the gates run (as for a daemon presumed dead): the server
+    refuses the entries; the daemon says so in the task's result, once, and the issue
+    does not move — a refused submission is not a verdict."""
+    started, go = board.tmp / "gate.started", board.tmp / "gate.go"
+    commit_gate(
+        board,
+        f"touch {started}; i=0; while [ ! -f {go} ] && [ $i -lt 600 ]; do sleep 0.1; "
+        "i=$((i+1)); done; echo ok",
+    )
+    board.add_agent("claude", FAKE_AGENT_MODE="ok")
+    daemon = DaemonProcess(board, FORGEHALL_DAEMON_CLAIM_WAIT="1").start()
+    try:
+        daemon.wait_running()
+        key = board.assign("Fix the login redirect", "claude")
+        wait_for("the gate to start", started.exists, 45)
+        (task,) = board.tasks(key)
+        status = board.issue(key)["status"]
+        # The lease ends (the server's watchdog waits out its start-up grace, so the task
+        # is not retried meanwhile): what a daemon frozen for a minute would come back to.
+        with sqlite3.connect(tmp_path / "forgehall.db") as db:
+            changed = db.execute(
+                "UPDATE tasks SET lease_expires_at = ? WHERE id = ?",
+                ("2000-01-01 00:00:00.000000", task["id"]),
+            ).rowcount
+        assert changed == 1
+        go.touch()
+
+        done = board.wait_task(key, "completed", "failed")
+        assert done["status"] == "completed", "the agent's work is reported all the same"
+        assert "Gates (tier prototype): 1 PASS" in done["result"], done["result"]
+        assert "could not be submitted: 403 task-lease-ended" in done["result"], done["result"]
+        entries = board.api.get(f"{WS}/ledger/entries", params={"issue_key": key})
+        assert entries.json()["items"] == [], "nothing recorded"
+        assert len(board.tasks(key)) == 1, "no follow-up: nothing was judged"
+        assert board.issue(key)["status"] == status, "the issue did not move"
+        log = daemon.output()
+        assert log.count(f"task.gates_not_submitted task_id={task['id']}") == 1, log
+        assert "reason=403 task-lease-ended" in log
     finally:
         assert daemon.stop() == 0, daemon.output()
