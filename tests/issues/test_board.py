@@ -561,20 +561,29 @@ async def test_search_ranks_the_newest_matches_first_then_every_other_match(
     assert sorted(await keys(3)) == sorted(i["key"] for i in created)
 
 
-@pytest.mark.parametrize("collect_limit", [1, 5000], ids=["check-each", "collect"])
+@pytest.mark.parametrize(
+    ("collect_limit", "candidate_limit", "word"),
+    [(1, 0, "needle"), (5000, 0, "needle"), (5000, 2000, "needle"), (5000, 2000, "need")],
+    ids=["check-each", "collect", "few-candidates", "few-candidates-short-word"],
+)
 async def test_search_with_filters_and_sorts_finds_every_match(
     api: httpx.AsyncClient,
     team: dict[str, Any],
     db: Database,
     monkeypatch: pytest.MonkeyPatch,
     collect_limit: int,
+    candidate_limit: int,
+    word: str,
 ) -> None:
     """A search is also a filter: with any other filter and any sort, paging through the
     results yields exactly the issues matching the words and the filters — including
-    the oldest ones, far outside a (tiny) ranking window that newer matches fill. Both
-    ways of testing "matches" (collecting the matches, checking issue by issue) run."""
+    the oldest ones, far outside a (tiny) ranking window that newer matches fill. Every
+    way of testing "matches" runs: collecting the matches; checking issue by issue after
+    counting them; checking the few issues the filters leave without counting; and, on
+    SQLite, a word short enough for the prefix indexes (a seek per document)."""
     monkeypatch.setattr(search, "RANKING_WINDOW", 3)
     monkeypatch.setattr(search, "COLLECT_LIMIT", collect_limit)
+    monkeypatch.setattr(search, "CANDIDATE_LIMIT", candidate_limit)
     owner, member = team["owner"], team["member"]
     bug = (await api.post(f"{WS}/labels", headers=owner.headers, json={"name": "bug"})).json()
     done, todo = await status_id(api, owner, "done"), await status_id(api, owner, "todo")
@@ -618,7 +627,7 @@ async def test_search_with_filters_and_sorts_finds_every_match(
         newer = await issue(f"needle newer {i}", True, status_id=todo, priority="high")
         await comment(newer, f"another needle {i}")
     workspace_id = team["workspace"].id
-    window = await window_ids(db, workspace_id, "needle")
+    window = await window_ids(db, workspace_id, word)
     assert not window & {
         (await api.get(f"{WS}/issues/{key}", headers=owner.headers)).json()["id"]
         for key, facts in expected.items()
@@ -643,10 +652,10 @@ async def test_search_with_filters_and_sorts_finds_every_match(
         assert matching, params
         for sort in (None, "-relevance", "created", "-updated"):
             extra = {"sort": sort} if sort else {}
-            everything = await walk(api, owner, 50, q="needle", **params, **extra)
+            everything = await walk(api, owner, 50, q=word, **params, **extra)
             keys = [i["key"] for i in everything]
             assert sorted(keys) == sorted(matching), (params, sort)
-            paged = await walk(api, owner, 2, q="needle", **params, **extra)
+            paged = await walk(api, owner, 2, q=word, **params, **extra)
             assert [i["key"] for i in paged] == keys, (params, sort)
             if sort in (None, "-relevance"):
                 ranked = [i for i in everything if i["id"] in window]
@@ -658,7 +667,7 @@ async def test_search_with_filters_and_sorts_finds_every_match(
                 else:
                     assert everything == by_update + ranked, params
     # A search still never crosses workspaces, and text without words matches nothing.
-    assert await walk(api, owner, 50, q="needle", category="blocked") == []
+    assert await walk(api, owner, 50, q=word, category="blocked") == []
     assert await walk(api, owner, 50, q="***", category="done") == []
 
 

@@ -38,7 +38,9 @@ counting at :data:`COLLECT_LIMIT`): few matches are collected once
 query walks the filtered issues in the sort order (the issue's own text, then its
 comments), which stops as soon as the page is full. Collecting tens of thousands of
 matches would cost what the window saves; checking each issue when matches are rare
-would walk every filtered issue.
+would walk every filtered issue — unless the filters leave few issues
+(:data:`CANDIDATE_LIMIT`, one indexed count): then each is checked and the matches are
+not counted at all, since the walk is bounded by the filter.
 
 PostgreSQL: stored ``search_vector`` columns (``tsvector GENERATED ALWAYS AS …
 STORED``, migration 0010) with GIN indexes ``search_issues_vector`` and
@@ -54,9 +56,10 @@ SQLite: an FTS5 table ``search_fts`` kept current by triggers on ``issues`` and
 ``comments``, with prefix indexes for 1-4 characters (migration 0010); ``search_docs``
 maps each document (``i:<issue id>``, ``c:<comment id>``) to a stable integer rowid, so
 deleting or updating a document never scans the index and ``VACUUM`` cannot break the
-mapping. Rowids grow as documents are indexed, so the window is the ``RANKING_WINDOW``
-matching documents of the workspace with the highest rowids, read newest first from the
-index (``ORDER BY rowid DESC`` with a limit stops early). The FTS table must be the
+mapping; it is indexed by issue (migration 0014) for the issue-by-issue check. Rowids
+grow as documents are indexed, so the window is the ``RANKING_WINDOW`` matching
+documents of the workspace with the highest rowids, read newest first from the index
+(``ORDER BY rowid DESC`` with a limit stops early). The FTS table must be the
 outer loop (``CROSS JOIN``): ``bm25`` works only on the cursor of the ``MATCH``, and it
 is computed only for rows inside the window.
 """
@@ -65,8 +68,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Float, String, column, text
+from sqlalchemy import Float, Select, String, column, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Subquery
 from sqlalchemy.sql.elements import TextClause
@@ -78,6 +82,11 @@ RANKING_WINDOW = 500
 COLLECT_LIMIT = 5000
 """Up to this many matching documents, "matches the words" collects the matching issues
 once; beyond it, each candidate issue is checked on its own (see :meth:`Reach.matches`)."""
+CANDIDATE_LIMIT = 2000
+"""When the request's other filters leave at most this many issues, each of them is
+checked on its own, without counting the matches first (see :func:`reach`)."""
+FTS_PREFIX_INDEXES = 4
+"""The longest prefix the SQLite FTS5 table indexes (``prefix='1 2 3 4'``, migration 0010)."""
 
 
 def search_tokens(query: str) -> list[str]:
@@ -175,24 +184,45 @@ class Reach:
             )
         match = _fts_match(list(self.tokens))
         if self.many:
+            if len(self.tokens) == 1 and len(self.tokens[0]) <= FTS_PREFIX_INDEXES:
+                return text(_SQLITE_MATCHES_EACH_SEEK).bindparams(match_query=match)
             return text(_SQLITE_MATCHES_EACH).bindparams(match_query=match)
         return text(_SQLITE_MATCHES_SET).bindparams(
             match_query=match, match_workspace=self.workspace_id
         )
 
 
-async def reach(session: AsyncSession, workspace_id: str, query: str) -> Reach | None:
-    """Count the matching documents, stopping at :data:`COLLECT_LIMIT` (cheap: no
-    ranking, and the count stops early for common words); None without searchable words.
+async def reach(
+    session: AsyncSession,
+    workspace_id: str,
+    query: str,
+    candidates: Select[Any] | None = None,
+) -> Reach | None:
+    """Count the matching documents, stopping at :data:`COLLECT_LIMIT` (no ranking, and
+    the count stops early for common words); None without searchable words.
 
     PostgreSQL counts the workspace's issues and comments separately (its window takes
     ``RANKING_WINDOW // 2`` of each); SQLite counts the documents of every workspace
     (its index has no workspace column), which can only overstate: a search then looks
-    beyond the window or checks issue by issue when it need not, never the reverse."""
+    beyond the window or checks issue by issue when it need not, never the reverse.
+
+    ``candidates`` (a SELECT of the issues the request's other filters leave): counting
+    the matches of a common word costs tens of milliseconds on PostgreSQL (each matching
+    row's vector is tested) and several on SQLite (a long prefix is expanded), while
+    checking the candidates one by one is cheap when they are few — a selective filter
+    (a rare status) bounds that walk. So when at most :data:`CANDIDATE_LIMIT` issues pass
+    the filters, the matches are not counted and each candidate is checked (one indexed
+    count of at most ``CANDIDATE_LIMIT + 1`` rows decides)."""
     tokens = search_tokens(query)
     if not tokens:
         return None
     dialect = session.get_bind().dialect.name
+    if candidates is not None:
+        few = select(func.count()).select_from(
+            candidates.limit(CANDIDATE_LIMIT + 1).subquery("candidates")
+        )
+        if int(await session.scalar(few) or 0) <= CANDIDATE_LIMIT:
+            return Reach(dialect, workspace_id, tuple(tokens), in_window=False, many=True)
     cap = max(COLLECT_LIMIT, RANKING_WINDOW + 1)  # enough to tell both things apart
     if dialect == "postgresql":
         row = (
@@ -263,19 +293,27 @@ _SQLITE_MATCHES_SET = """issues.id IN (
         ON d.rowid = search_fts.rowid
      WHERE search_fts MATCH :match_query AND d.workspace_id = :match_workspace)"""
 
-# Each issue's documents (its own row in search_docs, then its comments' rows, by doc_id)
-# are looked up in the rowids the MATCH yields, collected once by SQLite ("LIST
-# SUBQUERY"). Not a MATCH per document: FTS5 expands a prefix longer than its prefix
-# indexes (4 characters) into a merged doclist on every cursor it opens, milliseconds a
-# document for a common word.
-_SQLITE_MATCHES_EACH = """(EXISTS (
+# Each issue's documents (its own row and its comments' rows in search_docs, found by
+# issue id: migration 0014) are looked up in the rowids the MATCH yields, collected once
+# by SQLite ("LIST SUBQUERY"). The unary + keeps SQLite from driving the lookup by that
+# list (an index search per listed rowid for every issue: hundreds of milliseconds for a
+# common word); it must stay a membership test. Not a MATCH per document: FTS5 expands a
+# prefix longer than its prefix indexes into a merged doclist on every cursor it opens,
+# milliseconds a document for a common word.
+_SQLITE_MATCHES_EACH = """EXISTS (
         SELECT 1 FROM search_docs AS d
-         WHERE d.doc_id = 'i:' || issues.id
-           AND d.rowid IN (SELECT rowid FROM search_fts WHERE search_fts MATCH :match_query))
-    OR EXISTS (
-        SELECT 1 FROM comments AS c CROSS JOIN search_docs AS d
-         WHERE c.issue_id = issues.id AND c.deleted_at IS NULL AND d.doc_id = 'c:' || c.id
-           AND d.rowid IN (SELECT rowid FROM search_fts WHERE search_fts MATCH :match_query)))"""
+         WHERE d.issue_id = issues.id
+           AND +d.rowid IN (SELECT rowid FROM search_fts WHERE search_fts MATCH :match_query))"""
+
+# One word no longer than the prefix indexes: its doclist is in the index as it is, so a
+# MATCH restricted to one rowid is a seek — cheaper per document than collecting the
+# rowids of a word found in most documents. (With two or more words each seek opens
+# several doclists and the collected list wins again.)
+_SQLITE_MATCHES_EACH_SEEK = """EXISTS (
+        SELECT 1 FROM search_docs AS d
+         WHERE d.issue_id = issues.id
+           AND EXISTS (SELECT 1 FROM search_fts
+                        WHERE search_fts MATCH :match_query AND search_fts.rowid = d.rowid))"""
 
 
 def include_in_schema_comparison(name: str | None) -> bool:

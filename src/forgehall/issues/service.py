@@ -1430,7 +1430,7 @@ async def list_issues(
     if f.text:
         # Any other order: the search is a filter, over every match (no window).
         await plan_for_the_words(session)
-        matching = await reach(session, access.workspace.id, f.text)
+        matching = await reach(session, access.workspace.id, f.text, _ids(query))
         assert matching is not None
         query = query.where(matching.matches())
     if f.cursor:
@@ -1472,7 +1472,9 @@ async def count_by_status(session: AsyncSession, access: Access, f: IssueFilter)
         if not search_tokens(f.text):
             return {}
         await plan_for_the_words(session)
-        matching = await reach(session, access.workspace.id, f.text)
+        matching = await reach(
+            session, access.workspace.id, f.text, select(Issue.id).where(*conditions)
+        )
         assert matching is not None
         conditions.append(matching.matches())
     rows = await session.execute(
@@ -1523,6 +1525,10 @@ async def _relevance_page(
             )
         parts = parts[parts.index(cursor[0]) :]
     rows: list[tuple[Issue, str, Any]] = []
+    # The issues of the window that pass the filters, once the window part has returned
+    # all of them (fewer than it asked for): the other part excludes these ids instead of
+    # ranking the window a second time.
+    in_window: list[str] | None = None
     for part in parts:
         wanted = f.limit + 1 - len(rows)
         if wanted <= 0:
@@ -1531,18 +1537,25 @@ async def _relevance_page(
             column: Any = window.c.rank
             part_query = query.join(window, window.c.issue_id == Issue.id)
         else:
-            matching = await reach(session, workspace_id, words)
+            matching = await reach(session, workspace_id, words, _ids(query))
             assert matching is not None
             if matching.in_window:
                 continue  # the window held every match
             column = Issue.updated_at
-            part_query = query.where(matching.matches(), Issue.id.not_in(select(window.c.issue_id)))
+            outside = (
+                Issue.id.not_in(in_window)
+                if in_window is not None
+                else Issue.id.not_in(select(window.c.issue_id))
+            )
+            part_query = query.where(matching.matches(), outside)
         if cursor is not None and cursor[0] == part:
             part_query = part_query.where(_after(column, cursor[1], cursor[2], descending))
         direction = column.desc() if descending else column.asc()
         ordered = part_query.add_columns(column.label("sort_value")).order_by(direction, Issue.id)
         found = (await session.execute(ordered.limit(wanted))).all()
         rows += [(row[0], part, row[1]) for row in found]
+        if part == "window" and cursor is None and len(found) < wanted:
+            in_window = [row[0].id for row in found]
     next_cursor = None
     if len(rows) > f.limit:
         rows = rows[: f.limit]
@@ -1550,6 +1563,11 @@ async def _relevance_page(
         text_value = _text(value) if part == "window" else _BEYOND + str(_text(value))
         next_cursor = _encode_cursor(text_value, issue.id)
     return [row[0] for row in rows], next_cursor
+
+
+def _ids(query: Any) -> Any:
+    """The ids of the issues a filtered ``select(Issue)`` yields (its filters, no order)."""
+    return query.with_only_columns(Issue.id)
 
 
 def _assignee_clause(access: Access, value: str) -> Any:
