@@ -29,6 +29,9 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 from forgehall.db.url import DatabaseConfig
 
 SQLITE_READERS = 4
+SQLITE_MMAP_BYTES = 1 << 30
+"""Read the database through a memory map of up to this size (the OS page cache, shared
+by every connection) rather than each connection's small page cache."""
 PING_TIMEOUT_SECONDS = 2.0
 
 
@@ -135,6 +138,7 @@ def _sqlite_engine(config: DatabaseConfig, *, writer: bool) -> AsyncEngine:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
         if not writer:
             cursor.execute("PRAGMA query_only=ON")
         cursor.close()
