@@ -10,6 +10,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 
+from forgehall.db import engine as engine_module
 from forgehall.db.engine import Database
 from forgehall.db.jobs import JobExecution
 from forgehall.db.types import UTCDateTime
@@ -66,3 +67,46 @@ async def test_timestamps_round_trip_as_aware_utc(db: Database) -> None:
 def test_naive_datetimes_are_refused() -> None:
     with pytest.raises(ValueError, match="naive"):
         UTCDateTime().process_bind_param(datetime(2026, 1, 1), sqlite.dialect())
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])  # SQLite has no server to lose
+async def test_a_connection_the_server_dropped_while_idle_is_replaced_unseen(
+    db: Database, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pooled connections are pinged only after sitting idle (not on every checkout):
+    one whose server process went away meanwhile (a restart, a failover, an idle
+    timeout) is replaced before a session sees it — and while busy, none is pinged."""
+    pings: list[object] = []
+    dialect = db.engine.sync_engine.dialect
+    real_ping = dialect.do_ping
+
+    def counting_ping(dbapi_connection: object) -> bool:
+        pings.append(dbapi_connection)
+        return real_ping(dbapi_connection)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dialect, "do_ping", counting_ping)
+    async with db.session() as session:
+        victim = await session.scalar(text("SELECT pg_backend_pid()"))
+    for _ in range(5):  # busy: the connection is reused at once, never pinged
+        async with db.session() as session:
+            assert await session.scalar(text("SELECT pg_backend_pid()")) == victim
+    assert pings == []
+
+    # Two pooled connections, the victim checked in first (the pool hands out the
+    # longest-idle first); then its server process ends from outside the pool.
+    async with db.session() as first, db.session() as second:
+        assert await first.scalar(text("SELECT pg_backend_pid()")) == victim
+        assert await second.scalar(text("SELECT pg_backend_pid()")) != victim
+        await first.close()
+    outside = Database(db.config)
+    try:
+        async with outside.session() as session:
+            ended = await session.scalar(text("SELECT pg_terminate_backend(:p)"), {"p": victim})
+            assert ended
+    finally:
+        await outside.dispose()
+    monkeypatch.setattr(engine_module, "PING_AFTER_IDLE_SECONDS", 0.0)  # both now "idle"
+    async with db.session() as session:
+        replacement = await session.scalar(text("SELECT pg_backend_pid()"))
+    assert replacement != victim
+    assert pings, "the idle connection was pinged"

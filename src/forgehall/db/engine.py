@@ -12,12 +12,14 @@ PostgreSQL: one pooled engine for both, sized by the resolved pool settings.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -33,6 +35,9 @@ SQLITE_MMAP_BYTES = 1 << 30
 """Read the database through a memory map of up to this size (the OS page cache, shared
 by every connection) rather than each connection's small page cache."""
 PING_TIMEOUT_SECONDS = 2.0
+PING_AFTER_IDLE_SECONDS = 5.0
+"""A pooled PostgreSQL connection idle for longer is pinged before use (see _ping_after_idle)."""
+_IDLE_SINCE = "forgehall_idle_since"
 
 
 class Database:
@@ -51,7 +56,6 @@ class Database:
                 poolclass=AsyncAdaptedQueuePool,
                 pool_size=max(config.min_conns, 1),
                 max_overflow=max(config.max_conns - max(config.min_conns, 1), 0),
-                pool_pre_ping=True,
                 pool_recycle=1800,
                 pool_timeout=30,
                 connect_args={
@@ -61,6 +65,7 @@ class Database:
                 },
             )
             self.read_engine = self.engine
+            _ping_after_idle(self.engine)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = async_sessionmaker(self.read_engine, expire_on_commit=False)
 
@@ -116,6 +121,38 @@ class Database:
         await self.engine.dispose()
         if self.read_engine is not self.engine:
             await self.read_engine.dispose()
+
+
+def _ping_after_idle(engine: AsyncEngine) -> None:
+    """Ping a pooled connection on checkout only when it sat idle for more than
+    :data:`PING_AFTER_IDLE_SECONDS` (a dead one is replaced before the caller sees it).
+
+    SQLAlchemy's ``pool_pre_ping`` pings on every checkout: a round trip per transaction,
+    a quarter of a one-statement write. A connection in steady use has just proved
+    itself; one that sat idle is where a restarted or failed-over server, or a firewall
+    that dropped the idle socket, shows. A server that goes away between two busy
+    transactions fails the transaction that finds out, and SQLAlchemy then invalidates
+    the pool's older connections (its disconnect handling), as with ``pool_pre_ping``
+    for anything already in flight."""
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "checkin")
+    def _idle_from(_dbapi_conn: DBAPIConnection | None, record: ConnectionPoolEntry) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(sync_engine, "checkout")
+    def _ping_if_idle(
+        dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry, _proxy: Any
+    ) -> None:
+        since = record.info.get(_IDLE_SINCE)
+        if since is None or time.monotonic() - since <= PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            alive = sync_engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:  # any failure: the pool replaces the connection
+            raise DisconnectionError(f"idle connection failed its ping: {exc!r}") from exc
+        if not alive:
+            raise DisconnectionError("idle connection failed its ping")
 
 
 def _sqlite_engine(config: DatabaseConfig, *, writer: bool) -> AsyncEngine:
