@@ -14,9 +14,9 @@ What it measures, in one run:
   on a large file — every position, every leaf hash recomputed and compared, the tree
   rebuilt (``MerkleFrontier``), every checkpoint's Ed25519 signature and root checked —
   with ``--workers`` processes hashing byte ranges of the file (default: as the CLI
-  chooses for a large file — one process below 4 CPUs, else the CPU count minus one, at
-  most 8) and this one checking their order and building the tree; and again with one
-  process; in entries/s, best of ``--rounds``;
+  chooses for a large file — one per CPU, at most 9), this one among them: it also checks
+  their order and builds the tree, hashing a range only when the next one it needs is not
+  ready; and again with one process; in entries/s, best of ``--rounds``;
 - ``hashlib, per entry``: ``hashlib.sha256(entry).digest()`` over the same entries' bytes
   (held in memory), one call per entry — the least work a verifier must do, since every
   leaf is hashed on its own — best of ``--rounds``;

@@ -58,11 +58,15 @@ def record(line: bytes) -> dict[str, object]:
     return value
 
 
-@pytest.fixture(params=[1, 2], ids=["serial", "workers"])
+@pytest.fixture(params=[1, 2, 3], ids=["serial", "workers", "workers-long-lines"])
 def workers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Serial; two processes (this one hashes ranges while it would wait);
+    three, with lines longer than the read-ahead that finishes a range's last line."""
     count: int = request.param
     if count > 1:
         monkeypatch.setattr(bundle_module, "_RANGE_SIZE", 700)  # about two records a range
+    if count > 2:
+        monkeypatch.setattr(bundle_module, "_LINE_SLACK", 10)
     return count
 
 

@@ -200,8 +200,8 @@ def verify(
             "--jobs",
             "-j",
             min=1,
-            help="Processes hashing a bundle file's entries (default: 1 for files below "
-            "64 MB or machines with fewer than 4 CPUs, else the CPU count - 1, at most 8).",
+            help="Processes hashing a bundle file's entries, this one included (default: 1 "
+            "for files below 64 MB, else one per CPU, at most 9).",
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,

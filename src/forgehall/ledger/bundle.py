@@ -269,10 +269,11 @@ def _hash_buffer(data: bytes, pos: int, stop: int, position: int, last_comma: bo
     and its entry's bytes against its recorded leaf hash."""
     digests: list[bytes] = []
     append = digests.append
-    sha256 = hashlib.sha256
+    leaf_hasher = hashlib.sha256(b"\x00").copy  # the leaf prefix, hashed once
+    view = memoryview(data)  # slices of it are not copies
     hexlify = binascii.hexlify
     find = data.find
-    startswith = data.startswith
+    startswith = data.startswith  # compares in place, at an offset: no slice copied
     tail_format = _POSITION_KEY + b"%d}"
     while pos < stop:
         newline = find(b"\n", pos, stop)
@@ -290,16 +291,18 @@ def _hash_buffer(data: bytes, pos: int, stop: int, position: int, last_comma: bo
         last_comma = data[newline - 1] == 44  # ","
         close = newline - 1 if last_comma else newline
         tail = tail_format % position
-        cut = close - len(tail) - _HEX_END
+        cut = close - len(tail) - _HEX_END  # so the tail, if it is there, ends at close
         if (
-            data[cut + _HEX_END : close] != tail
+            not startswith(tail, cut + _HEX_END)
             or not startswith(_LEAF_KEY, cut)
             or not startswith(_RECORD_START, pos)
         ):
             line = data[pos:newline]
             return _Hashed(digests, last_comma, problem=(position, _diagnose(line, position)))
-        digest = sha256(b"\x00" + data[pos + _START : cut]).digest()
-        if hexlify(digest) != data[cut + _KEY : cut + _HEX_END]:
+        hasher = leaf_hasher()
+        hasher.update(view[pos + _START : cut])
+        digest = hasher.digest()
+        if not startswith(hexlify(digest), cut + _KEY):  # the 64 hex digits end at _HEX_END
             reason = (
                 "the entry was changed: its bytes do not hash to the leaf hash recorded with it"
             )
@@ -369,39 +372,85 @@ class _Range:
     problem: tuple[int, str] | None  # (index in the range, reason)
 
 
+def _ranges_in_order(path: Path, entries_start: int, processes: int) -> Iterator[_Range]:
+    """The records of ``path`` from ``entries_start``, hashed in byte ranges of
+    :data:`_RANGE_SIZE` by ``processes - 1`` worker processes and by this one, yielded in
+    file order.
+
+    The workers are kept two ranges ahead each, in file order. This process, which also
+    folds every leaf into the tree, hashes a range itself whenever the one it needs next
+    is not ready — the last one nobody has taken yet — so it never waits idle while
+    work remains, and takes a smaller share the more workers there are."""
+    size = path.stat().st_size
+    starts = range(entries_start, size, _RANGE_SIZE)
+    jobs = [(start, min(start + _RANGE_SIZE, size)) for start in starts]
+    others = max(processes - 1, 1)
+    untaken = deque(range(len(jobs)))
+    done_here: dict[int, _Range] = {}
+    with ProcessPoolExecutor(max_workers=others) as pool:
+        futures: dict[int, Future[_Range]] = {}
+
+        def keep_them_busy() -> None:
+            while len(futures) < 2 * others and untaken:
+                index = untaken.popleft()
+                futures[index] = pool.submit(_hash_range, str(path), *jobs[index], entries_start)
+
+        keep_them_busy()
+        try:
+            for index in range(len(jobs)):
+                future = futures.pop(index, None)
+                while future is not None and not future.done() and untaken:
+                    stolen = untaken.pop()
+                    done_here[stolen] = _hash_range(str(path), *jobs[stolen], entries_start)
+                found = future.result() if future is not None else done_here.pop(index)
+                keep_them_busy()
+                yield found
+        finally:
+            for pending in futures.values():
+                pending.cancel()
+
+
 def _hash_range(path: str, start: int, stop: int, entries_start: int) -> _Range:
     """Hash the records whose lines start in ``[start, stop)`` (run in a worker process).
 
     Positions are checked relative to the range's first record, whose declared position
-    the caller checks against the records before it.
+    the caller checks against the records before it. The range is read once, with a
+    little more to finish its last line, and hashed in place (no copy of it is made).
     """
+    offset = start - 1 if start > entries_start else start  # one byte before: a line start?
+    length = stop - offset
     with open(path, "rb") as handle:
-        if start > entries_start:
-            handle.seek(start - 1)
-            data = handle.read(stop - start + 1)
-            skip = data.find(b"\n") + 1  # a line that started before: not ours
-            data = data[skip:] if skip else b""
-        else:
-            handle.seek(start)
-            data = handle.read(stop - start)
-        if data and not data.endswith(b"\n"):
-            data += handle.readline()  # finish the last line that starts in the range
-    if not data:
+        handle.seek(offset)
+        data = handle.read(length + _LINE_SLACK)
+        end = len(data)
+        if end > length:  # more follows the range: end with the line that crosses it
+            newline = data.find(b"\n", length - 1)
+            if newline >= 0:
+                end = newline + 1
+            else:  # a line longer than the slack (rare): copy once to finish it
+                data += handle.readline()
+                end = len(data)
+    pos = 0
+    if offset < start:
+        pos = data.find(b"\n", 0, length) + 1  # a line that started before is not ours
+        if pos == 0:
+            return _Range(None, b"", True, False, False, False, None)
+    if pos >= end:
         return _Range(None, b"", True, False, False, False, None)
-    newline = data.find(b"\n")
-    first_line = data[: newline if newline >= 0 else len(data)]
+    newline = data.find(b"\n", pos, end)
+    first_line = data[pos : newline if newline >= 0 else end]
     if first_line == _END:
-        trailing = bool(data[len(first_line) + 1 :].strip())
+        trailing = bool(data[pos + len(first_line) + 1 : end].strip())
         return _Range(None, b"", True, True, True, trailing, None)
     first = _declared_position(first_line)
     if first is None or first < 0:
         return _Range(None, b"", True, False, False, False, (0, _diagnose(first_line, 0)))
-    hashed = _hash_buffer(data, 0, len(data), first, True)
+    hashed = _hash_buffer(data, pos, end, first, True)
     problem = None
     if hashed.problem is not None:
         problem = (hashed.problem[0] - first, hashed.problem[1])
     ended = hashed.end is not None
-    trailing = ended and bool(data[hashed.end :].strip())
+    trailing = ended and bool(data[hashed.end : end].strip())
     return _Range(
         first, b"".join(hashed.digests), hashed.last_comma, False, ended, trailing, problem
     )
@@ -566,66 +615,42 @@ class _Verifier:
                 return
 
     def _parallel(self, path: Path, entries_start: int, workers: int) -> Iterator[list[bytes]]:
-        """Leaf hashes of the records, in lists, hashed by ``workers`` processes, each
-        reading its own byte ranges of the file."""
-        size = path.stat().st_size
-        starts = range(entries_start, size, _RANGE_SIZE)
+        """Leaf hashes of the records, in lists, hashed by ``workers`` processes — this
+        one and ``workers - 1`` others — each reading its own byte ranges of the file."""
         position, last_comma = 0, True
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            pending: deque[Future[_Range]] = deque()
-            ranges = iter(starts)
-            for start in itertools.islice(ranges, 2 * workers):
-                stop = min(start + _RANGE_SIZE, size)
-                pending.append(pool.submit(_hash_range, str(path), start, stop, entries_start))
-            try:
-                while pending:
-                    found = pending.popleft().result()
-                    for start in itertools.islice(ranges, 1):
-                        stop = min(start + _RANGE_SIZE, size)
-                        pending.append(
-                            pool.submit(_hash_range, str(path), start, stop, entries_start)
-                        )
-                    if self.ended:
-                        if (
-                            found.first is not None
-                            or found.problem
-                            or found.trailing
-                            or (found.first_is_end)
-                        ):
-                            raise _Bad(
-                                position, "there is more after the closing ]}: it was edited"
-                            )
-                        continue
-                    if found.first_is_end:
-                        self.stray_comma = last_comma and position > 0
-                        self.ended = True
-                        if found.trailing:
-                            raise _Bad(
-                                position, "there is more after the closing ]}: it was edited"
-                            )
-                        continue
-                    if found.first is not None:
-                        if found.first != position:
-                            raise _Bad(position, _misplaced(found.first, position))
-                        if not last_comma:
-                            raise _Bad(position, "a record follows the last one without a comma")
-                    blob = found.digests
-                    digests = [blob[i : i + HASH_SIZE] for i in range(0, len(blob), HASH_SIZE)]
-                    yield digests
-                    position += len(digests)
-                    last_comma = found.last_comma
-                    if found.problem is not None:
-                        raise _Bad(position, found.problem[1])
-                    if found.ended:
-                        self.stray_comma = last_comma and position > 0
-                        self.ended = True
-                        if found.trailing:
-                            raise _Bad(
-                                position, "there is more after the closing ]}: it was edited"
-                            )
-            finally:
-                for future in pending:
-                    future.cancel()
+        for found in _ranges_in_order(path, entries_start, workers):
+            if self.ended:
+                if (
+                    found.first is not None
+                    or found.problem
+                    or found.trailing
+                    or (found.first_is_end)
+                ):
+                    raise _Bad(position, "there is more after the closing ]}: it was edited")
+                continue
+            if found.first_is_end:
+                self.stray_comma = last_comma and position > 0
+                self.ended = True
+                if found.trailing:
+                    raise _Bad(position, "there is more after the closing ]}: it was edited")
+                continue
+            if found.first is not None:
+                if found.first != position:
+                    raise _Bad(position, _misplaced(found.first, position))
+                if not last_comma:
+                    raise _Bad(position, "a record follows the last one without a comma")
+            blob = found.digests
+            digests = [blob[i : i + HASH_SIZE] for i in range(0, len(blob), HASH_SIZE)]
+            yield digests
+            position += len(digests)
+            last_comma = found.last_comma
+            if found.problem is not None:
+                raise _Bad(position, found.problem[1])
+            if found.ended:
+                self.stray_comma = last_comma and position > 0
+                self.ended = True
+                if found.trailing:
+                    raise _Bad(position, "there is more after the closing ]}: it was edited")
 
     # -- the whole bundle --------------------------------------------------------------
 
@@ -836,6 +861,7 @@ def _reencoded(document: Any, name: str) -> Iterator[bytes]:
 
 _RANGE_SIZE = 8 << 20  # bytes of records per job when verifying with several processes
 PARALLEL_FROM = 64 << 20  # files at least this large are verified with several processes
+_LINE_SLACK = 64 << 10  # read past a range's end to finish its last line without a copy
 
 
 def _prelude(handle: BinaryIO) -> Iterator[bytes]:
@@ -848,11 +874,10 @@ def _prelude(handle: BinaryIO) -> Iterator[bytes]:
 
 
 def large_file_workers() -> int:
-    """Worker processes for a large bundle: one CPU stays with this process (it reads
-    the results in order and folds the tree), so machines with fewer than 4 CPUs verify
-    in this process alone — with two, the workers only took CPU time from it."""
-    cpus = os.cpu_count() or 1
-    return min(cpus - 1, 8) if cpus >= 4 else 1
+    """Processes hashing a large bundle: one per CPU, at most 9 — this one, which also
+    reads the results in order and folds the tree (hashing only while it would otherwise
+    wait, see :func:`_ranges_in_order`), and up to 8 workers."""
+    return min(os.cpu_count() or 1, 9)
 
 
 def default_workers(path: Path) -> int:
