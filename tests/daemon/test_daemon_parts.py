@@ -227,3 +227,24 @@ def test_worktrees_from_the_repository_cache(tmp_path: Path) -> None:
     with pytest.raises(WorkspaceError, match="no branch 'trunk'") as raised:
         asyncio.run(workdirs.prepare("bot", "ENG-2", [wrong], "AGENTS.md"))
     assert raised.value.retryable is False
+
+
+def test_which_refs_exist_is_read_from_git_files(tmp_path: Path) -> None:
+    """The worktree step reads loose refs and packed-refs itself instead of starting git;
+    it asks git instead when the refs are kept another way."""
+    from forgehall.daemon.workdir import _existing_refs
+
+    origin = make_origin(tmp_path / "origin")
+    git("branch", "feature", cwd=origin)
+    dot_git = origin / ".git"
+    names = ("refs/heads/main", "refs/heads/feature", "refs/heads/missing")
+    assert _existing_refs(dot_git, names) == {"refs/heads/main", "refs/heads/feature"}
+    git("pack-refs", "--all", cwd=origin)
+    assert not (dot_git / "refs" / "heads" / "feature").exists(), "now only in packed-refs"
+    assert _existing_refs(dot_git, names) == {"refs/heads/main", "refs/heads/feature"}
+    git("branch", "--delete", "feature", cwd=origin)
+    assert _existing_refs(dot_git, names) == {"refs/heads/main"}
+    (dot_git / "refs" / "heads" / "odd").write_text("ref: refs/heads/main\n")
+    assert _existing_refs(dot_git, ("refs/heads/odd",)) is None, "a symbolic ref: ask git"
+    (dot_git / "reftable").mkdir()
+    assert _existing_refs(dot_git, names) is None, "reftable: ask git"

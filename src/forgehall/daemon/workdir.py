@@ -116,7 +116,10 @@ class _FileLock:
 
     async def __aenter__(self) -> None:
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        await asyncio.to_thread(fcntl.flock, self.fd, fcntl.LOCK_EX)
+        try:  # free (the usual case): taken at once, without a trip to a worker thread
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            await asyncio.to_thread(fcntl.flock, self.fd, fcntl.LOCK_EX)
 
     async def __aexit__(self, *exc: object) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
@@ -156,15 +159,18 @@ class Workdirs:
             if (target / ".git").exists():
                 return  # a follow-up: the worktree stays as the last run left it
             start = f"refs/remotes/origin/{repo.default_branch}"
-            # Which of the two exist, in one git call (each call is a process start).
-            refs = set(
-                (
-                    await _git(
-                        "for-each-ref", "--format=%(refname)", f"refs/heads/{branch}", start,
-                        cwd=cache,
-                    )
-                ).split()
-            )  # fmt: skip
+            # Which of the two exist: read from git's ref files, or in one git call when
+            # the cache keeps its refs another way (each call is a process start).
+            refs = _existing_refs(cache, (f"refs/heads/{branch}", start))
+            if refs is None:
+                refs = set(
+                    (
+                        await _git(
+                            "for-each-ref", "--format=%(refname)", f"refs/heads/{branch}", start,
+                            cwd=cache,
+                        )
+                    ).split()
+                )  # fmt: skip
             if f"refs/heads/{branch}" in refs:
                 add = ["worktree", "add", "--quiet", str(target), branch]
             elif start in refs:
@@ -219,6 +225,29 @@ class Workdirs:
             lines = exclude.read_text().splitlines() if exclude.exists() else []
             if f"/{name}" not in lines:
                 exclude.write_text("\n".join([*lines, f"/{name}"]) + "\n")
+
+
+def _existing_refs(repository: Path, names: tuple[str, ...]) -> set[str] | None:
+    """Which of ``names`` exist in a repository whose refs are files (a loose file under
+    ``refs/`` or a line of ``packed-refs``); None when it keeps them another way (the
+    reftable format) or a ref file is not what git writes — then ask git."""
+    if (repository / "reftable").exists():
+        return None
+    found: set[str] = set()
+    for name in names:
+        loose = repository / name
+        if loose.is_file():
+            if len(loose.read_bytes().strip()) not in (40, 64):  # a symbolic ref, or odd
+                return None
+            found.add(name)
+    wanted = set(names) - found
+    packed = repository / "packed-refs"
+    if wanted and packed.is_file():
+        for line in packed.read_text(errors="replace").splitlines():
+            _, _, name = line.partition(" ")  # "<object id> <ref name>"; ^ and # lines
+            if name in wanted:
+                found.add(name)
+    return found
 
 
 def _git_dirs(tree: Path) -> tuple[Path, Path]:
