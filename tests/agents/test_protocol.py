@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from sqlalchemy import select, update
 
 from forgehall.agents import dispatch
-from forgehall.agents.models import Task, TaskMessage
+from forgehall.agents.models import Runtime, Task, TaskMessage
 from forgehall.app import AppOptions, create_app
 from forgehall.db.engine import Database
 from forgehall.settings import Settings
@@ -681,6 +681,34 @@ async def test_a_heartbeat_renews_only_the_tasks_the_daemon_holds(
     assert await dispatch.expire_leases(db, None) == [lost["id"]]
     still = await daemon.report(known, "start")
     assert still.json()["status"] == "running"
+
+
+async def test_a_claim_records_the_runtime_alive_only_when_its_last_sign_is_old(
+    api: httpx.AsyncClient, world: World, db: Database
+) -> None:
+    """A daemon claims in a loop: each attempt does not rewrite the runtime's row, but a
+    claim after a quiet spell keeps the runtime online all the same."""
+
+    async def last_seen() -> datetime:
+        async with db.read_session() as session:
+            seen = await session.scalar(
+                select(Runtime.last_heartbeat_at).where(Runtime.id == daemon.runtime_id)
+            )
+        assert seen is not None
+        return seen
+
+    daemon = await new_daemon(api, world)
+    registered = await last_seen()
+    await daemon.claim()
+    assert await last_seen() == registered, "a fresh sign of life is not written again"
+    old = registered - dispatch.CLAIM_TOUCH_AFTER - timedelta(seconds=1)
+    async with db.session() as session:
+        await session.execute(
+            update(Runtime).where(Runtime.id == daemon.runtime_id).values(last_heartbeat_at=old)
+        )
+        await session.commit()
+    await daemon.claim()
+    assert await last_seen() > registered, "an old one is renewed by the claim"
 
 
 async def test_the_watchdog_waits_one_lease_after_the_server_starts(

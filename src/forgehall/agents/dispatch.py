@@ -75,6 +75,10 @@ from forgehall.workspaces.models import Repository, Workspace
 log = structlog.get_logger("forgehall.dispatch")
 
 HEARTBEAT_SECONDS = 15.0
+CLAIM_TOUCH_AFTER = timedelta(seconds=5)
+"""A claim attempt records the runtime as alive only when its last sign of life is older
+than this: a daemon claims in a loop, and a write per attempt (the runtime's row, on
+SQLite the single writer) bought nothing against a 150 s offline threshold."""
 STARTUP_GRACE_SECONDS = queue.LEASE.total_seconds() + HEARTBEAT_SECONDS
 POLL_SECONDS = 2.0  # a waiting claim re-checks this often even without a wake-up
 BUSY = ("dispatched", "running")
@@ -164,7 +168,9 @@ async def claim_once(
 ) -> ClaimResult:
     """One claim attempt in one transaction (commits)."""
     runtime = await runtime_of(session, access, runtime_id)
-    runtime.last_heartbeat_at = _now()  # a claiming daemon is alive
+    moment = _now()
+    if moment - runtime.last_heartbeat_at >= CLAIM_TOUCH_AFTER:
+        runtime.last_heartbeat_at = moment  # a claiming daemon is alive
     held = int(
         await session.scalar(
             select(func.count())
