@@ -258,45 +258,19 @@ class MerkleFrontier:
         self.extend((leaf,))
 
     def extend(self, leaves: Iterable[bytes]) -> None:
-        """Add leaf hashes in order (the hot loop of a verifier: kept free of calls).
-
-        From an even size, leaves go in two at a time: the pair's node is hashed at once
-        and only it is carried up, which halves the loop's turns per leaf."""
+        """Add leaf hashes in order (the hot loop of a verifier: kept free of calls)."""
         nodes = self._nodes
         size = self._size
         sha256 = hashlib.sha256
-        pop = nodes.pop
-        push = nodes.append
-        remaining = iter(leaves)
         try:
-            if size & 1:  # the first leaf completes a pair with the last one
-                for leaf in remaining:
-                    node = leaf
-                    carry = size
-                    while carry & 1:
-                        node = sha256(b"\x01" + pop() + node).digest()
-                        carry >>= 1
-                    push(node)
-                    size += 1
-                    break
-            for left in remaining:
-                try:
-                    right = next(remaining, None)
-                except BaseException:
-                    push(left)  # the size is even: the leaf waits for its pair
-                    size += 1
-                    raise
-                if right is None:  # an odd leaf out: it waits for its pair
-                    push(left)
-                    size += 1
-                    break
-                node = sha256(b"\x01" + left + right).digest()
-                carry = size >> 1
+            for leaf in leaves:
+                node = leaf
+                carry = size
                 while carry & 1:
-                    node = sha256(b"\x01" + pop() + node).digest()
+                    node = sha256(b"\x01" + nodes.pop() + node).digest()
                     carry >>= 1
-                push(node)
-                size += 2
+                nodes.append(node)
+                size += 1
         finally:
             self._size = size  # what was appended stays appended if ``leaves`` raises
 
