@@ -19,7 +19,8 @@ from enum import IntEnum
 from typing import Annotated
 
 from fastapi import Depends
-from sqlalchemy import and_, or_, select
+from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from forgehall.core.deps import SessionDep
 from forgehall.core.errors import ProblemError
@@ -59,6 +60,21 @@ class Access:
             )
 
 
+async def _workspace_and_role(
+    session: AsyncSession, user_id: str, which: ColumnElement[bool]
+) -> tuple[Workspace, str | None] | None:
+    """The workspace ``which`` selects and ``user_id``'s role in it (None: not a member),
+    in one query — every request's access check runs it."""
+    row = (
+        await session.execute(
+            select(Workspace, Member.role)
+            .outerjoin(Member, and_(Member.workspace_id == Workspace.id, Member.user_id == user_id))
+            .where(which)
+        )
+    ).first()
+    return (row[0], row[1]) if row is not None else None
+
+
 async def resolve_access(
     workspace: str, principal: CurrentPrincipal, session: SessionDep
 ) -> Access:
@@ -72,17 +88,9 @@ async def resolve_access(
             "personal access token here",
             type_="wrong-token-kind",
         )
-    # The workspace and the caller's membership in one query (every request runs it).
-    row = (
-        await session.execute(
-            select(Workspace, Member.role)
-            .outerjoin(
-                Member,
-                and_(Member.workspace_id == Workspace.id, Member.user_id == principal.user.id),
-            )
-            .where(or_(Workspace.slug == workspace, Workspace.id == workspace))
-        )
-    ).first()
+    row = await _workspace_and_role(
+        session, principal.user.id, or_(Workspace.slug == workspace, Workspace.id == workspace)
+    )
     if row is None:
         raise ProblemError(404, f"workspace {workspace} was not found")
     found, member_role = row
@@ -142,17 +150,10 @@ async def resolve_daemon_access(principal: CurrentPrincipal, session: SessionDep
             "`forgehall daemon token create`",
             type_="wrong-token-kind",
         )
-    row = (
-        await session.execute(
-            select(Workspace, Member.role)
-            .join(
-                Member,
-                and_(Member.workspace_id == Workspace.id, Member.user_id == principal.user.id),
-            )
-            .where(Workspace.id == (principal.workspace_id or ""))
-        )
-    ).first()
-    workspace = row[0] if row is not None else None
+    row = await _workspace_and_role(
+        session, principal.user.id, Workspace.id == (principal.workspace_id or "")
+    )
+    workspace = row[0] if row is not None and row[1] is not None else None
     if workspace is None:
         raise ProblemError(
             403,
