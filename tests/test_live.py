@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -322,3 +323,40 @@ async def _stored(db: Database, kind: str) -> int:
             )
             or 0
         )
+
+
+async def test_events_committed_here_reach_local_subscribers_at_once_and_once(
+    db: Database,
+) -> None:
+    """The events a request commits are handed to this process's subscribers when it
+    publishes, before the pump has read them back (a waiting claim starts sooner) — each
+    exactly as the pump would deliver it, and never a second time when the pump reads it."""
+    from forgehall.issues.service import Outbox
+    from forgehall.workspaces.models import Workspace
+
+    bus = EventBus(db)
+    await bus.start()
+    try:
+        inbox = bus.subscribe("ws-local")
+        async with db.session() as session:
+            outbox = Outbox().attach(session)
+            session.add(Workspace(slug="local", name="Local", key_prefix="L"))
+            outbox.add("first.change", "ws-local", n=1, when=date(2026, 12, 1))
+            outbox.add("second.change", "ws-local", n=2)
+            await session.commit()
+            outbox.add("after.commit", "ws-local", n=3)  # written by publish() itself
+            await outbox.publish(bus)
+        # No await between publish() and here has let the pump run: these came directly.
+        local = [inbox.queue.get_nowait() for _ in range(3)]
+        assert [e.kind for e in local] == ["first.change", "second.change", "after.commit"]
+        assert local[0].data == {"n": 1, "when": "2026-12-01"}, "as JSON stores it"
+        assert local[0].id < local[1].id < local[2].id
+        read_back = await bus.since("ws-local", 0)
+        assert read_back is not None
+        assert [e.as_message() for e in local] == [e.as_message() for e in read_back]
+        # The pump reads them back on its next round: nothing is delivered twice.
+        await asyncio.sleep(1.5)  # past the pump's poll interval
+        assert inbox.queue.empty()
+        assert bus.position >= local[-1].id
+    finally:
+        await bus.stop()

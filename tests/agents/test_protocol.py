@@ -183,7 +183,16 @@ async def test_lifecycle_from_assignment_to_completion(
     assert [(r["id"], r["online"], r["providers"]) for r in runtimes] == [
         (daemon.runtime_id, True, {"claude": "2.0.1"})
     ]
-    issue = await new_issue(api, world, description="Users land on /404 after login.")
+    labels = [
+        (await api.post(f"{WS}/labels", headers=world.owner.headers, json={"name": n})).json()
+        for n in ("regression", "auth")
+    ]
+    issue = await new_issue(
+        api,
+        world,
+        description="Users land on /404 after login.",
+        label_ids=[label["id"] for label in labels],
+    )
     await api.post(
         f"{WS}/issues/{issue['key']}/comments",
         headers=world.owner.headers,
@@ -207,7 +216,11 @@ async def test_lifecycle_from_assignment_to_completion(
     assert task["agent"]["instructions"] == "Be brief."
     assert task["issue"]["key"] == issue["key"]
     assert task["issue"]["description"] == "Users land on /404 after login."
-    assert [c["body"] for c in task["issue"]["comments"]] == ["It started after the proxy change."]
+    assert [(c["author"], c["body"]) for c in task["issue"]["comments"]] == [
+        ("member:owner", "It started after the proxy change.")
+    ]
+    assert task["issue"]["labels"] == ["auth", "regression"]
+    assert (task["issue"]["status"], task["issue"]["status_category"]) == ("Todo", "todo")
     assert task["repositories"] == [
         {"name": "api", "url": "https://git.example.com/acme/api.git", "default_branch": "main"}
     ]
@@ -334,6 +347,7 @@ async def test_triggers_from_the_board(api: httpx.AsyncClient, world: World, db:
     assert mentioned.status_code == 201
     (looked,) = (await daemon.claim())["tasks"]
     assert (looked["issue"]["key"], looked["trigger"]) == (other["key"], "mentioned")
+    assert looked["issue"]["labels"] == []
     await daemon.report(looked, "complete")
 
     # Unblocked: the blocked issue's agent is woken when its last blocker is done.

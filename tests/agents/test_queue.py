@@ -464,3 +464,70 @@ async def test_batched_reports_take_the_current_leases_and_name_the_others(
     assert done == []
     assert refused[0].error.type == "stale-lease"
     assert again.value.status == 409
+
+
+async def test_a_claim_reads_the_queue_not_the_history(db: Database, world: dict[str, Any]) -> None:
+    """Every statement of a claim reaches the queued and in-flight tasks through the
+    partial indexes made for them, never through an agent's or runtime's whole history —
+    even when the planner's statistics still describe a full queue (they were taken
+    before 2,000 tasks ran). The status conditions are literals for this: a bound
+    parameter never matches a partial index on SQLite, nor in a PostgreSQL generic plan."""
+    from sqlalchemy import event, insert
+
+    claude, runtime = world["claude"], world["runtimes"][0]
+    workspace_id, status_id = world["workspace"].id, world["issues"][0].status_id
+    many = [
+        {"id": f"{n:032x}", "workspace_id": workspace_id, "number": 100 + n, "title": "old"}
+        | {"status_id": status_id}
+        for n in range(2000)
+    ]
+    async with db.session() as session:
+        await session.execute(insert(Issue), many)
+        await session.execute(
+            insert(Task),
+            [
+                {
+                    "workspace_id": workspace_id,
+                    "issue_id": issue["id"],
+                    "agent_id": claude.id,
+                    "status": "queued",
+                    "runtime_id": runtime.id,
+                }
+                for issue in many
+            ],
+        )
+        await session.commit()
+    async with db.engine.connect() as conn:
+        await conn.exec_driver_sql("ANALYZE")
+        await conn.commit()
+    async with db.session() as session:  # the history: all ran, statistics not retaken
+        await session.execute(update(Task).values(status="completed"))
+        await session.commit()
+    await trigger(db, world)
+
+    sent: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith(("SELECT", "UPDATE")):
+            sent.append((statement, parameters))
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        claimed = await claim(db, world)
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", record)
+    assert len(claimed) == 1
+    explain = "EXPLAIN QUERY PLAN " if db.is_sqlite else "EXPLAIN "
+    plans = []
+    async with db.engine.connect() as conn:
+        for statement, parameters in sent:
+            if "tasks" not in statement:
+                continue
+            rows = await conn.exec_driver_sql(explain + statement, parameters)
+            plans.append(" ".join(str(row[-1]) for row in rows.all()))
+        await conn.rollback()
+    used = " ".join(plans)
+    assert "ix_tasks_queued_by_agent" in used
+    assert "ix_tasks_busy_by_" in used  # the in-flight tasks, by agent or by runtime
+    assert "ix_tasks_agent_id" not in used, used
+    assert "ix_tasks_runtime_id" not in used, used

@@ -33,11 +33,18 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 import structlog
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from forgehall.agents import queue
-from forgehall.agents.models import Agent, Runtime, Task, TaskMessage, TaskUsage
+from forgehall.agents.models import (
+    Agent,
+    Runtime,
+    Task,
+    TaskMessage,
+    TaskUsage,
+    task_status_in,
+)
 from forgehall.agents.schemas import (
     MESSAGE_BATCH_MAX,
     MESSAGE_CONTENT_MAX,
@@ -171,18 +178,10 @@ async def claim_once(
     moment = _now()
     if moment - runtime.last_heartbeat_at >= CLAIM_TOUCH_AFTER:
         runtime.last_heartbeat_at = moment  # a claiming daemon is alive
-    held = int(
-        await session.scalar(
-            select(func.count())
-            .select_from(Task)
-            .where(Task.runtime_id == runtime.id, Task.status.in_(BUSY))
-        )
-        or 0
-    )
+    held, cancel = await _held_and_cancelled(session, runtime)
     free = max(min(limit, runtime.capacity - held), 0)
     claimed = await queue.claim(session, runtime, list(runtime_providers(runtime)), free)
-    tasks = [await _claimed(session, access, task) for task in claimed]
-    cancel = await _undelivered_cancellations(session, runtime)
+    tasks = await _claimed(session, access, claimed)
     await session.commit()
     for task in claimed:
         outbox.add(
@@ -197,40 +196,63 @@ async def claim_once(
     return ClaimResult(tasks=tasks, cancel=cancel)
 
 
-async def _undelivered_cancellations(session: AsyncSession, runtime: Runtime) -> list[str]:
-    ids = list(
-        (
-            await session.execute(
-                select(Task.id).where(
-                    Task.runtime_id == runtime.id,
-                    Task.status.in_(BUSY),
-                    Task.cancel_requested_at.is_not(None),
-                    Task.cancel_delivered_at.is_(None),
-                )
-            )
-        ).scalars()
-    )
-    if ids:
+async def _held_and_cancelled(session: AsyncSession, runtime: Runtime) -> tuple[int, list[str]]:
+    """How many tasks ``runtime`` holds, and which of them it has not yet been told to
+    cancel (now marked told): one read for both."""
+    rows = (
         await session.execute(
-            update(Task).where(Task.id.in_(ids)).values(cancel_delivered_at=_now())
+            select(
+                Task.id,
+                and_(Task.cancel_requested_at.is_not(None), Task.cancel_delivered_at.is_(None)),
+            ).where(Task.runtime_id == runtime.id, task_status_in(*BUSY))
         )
-    return ids
-
-
-async def _claimed(session: AsyncSession, access: Access, task: Task) -> ClaimedTask:
-    agent = await session.get(Agent, task.agent_id)
-    workspace = access.workspace  # the daemon's workspace: every task it claims is of it
-    assert agent is not None
-    assert workspace.id == task.workspace_id
-    brief = await issues.brief_for_agent(session, workspace, task.issue_id)
-    repositories = (
+    ).all()
+    cancel = [task_id for task_id, untold in rows if untold]
+    if cancel:
         await session.execute(
+            update(Task).where(Task.id.in_(cancel)).values(cancel_delivered_at=_now())
+        )
+    return len(rows), cancel
+
+
+async def _claimed(
+    session: AsyncSession, access: Access, claimed: Sequence[Task]
+) -> list[ClaimedTask]:
+    """The payloads of the tasks just claimed: agents and repositories read once for the
+    batch; per task its brief (two statements), the prior session, a task token."""
+    if not claimed:
+        return []
+    workspace = access.workspace  # the daemon's workspace: every task it claims is of it
+    agent_ids = {task.agent_id for task in claimed}
+    agents = {
+        agent.id: agent
+        for agent in (await session.scalars(select(Agent).where(Agent.id.in_(agent_ids))))
+    }
+    repositories = [
+        ClaimedRepository(name=r.name, url=r.url, default_branch=r.default_branch)
+        for r in await session.scalars(
             select(Repository)
-            .where(Repository.workspace_id == task.workspace_id)
+            .where(Repository.workspace_id == workspace.id)
             .order_by(Repository.name)
         )
-    ).scalars()
-    prior = await session.scalar(
+    ]
+    return [
+        await _claimed_task(session, access, task, agents[task.agent_id], repositories)
+        for task in claimed
+    ]
+
+
+async def _claimed_task(
+    session: AsyncSession,
+    access: Access,
+    task: Task,
+    agent: Agent,
+    repositories: list[ClaimedRepository],
+) -> ClaimedTask:
+    workspace = access.workspace
+    assert workspace.id == task.workspace_id
+    brief = await issues.brief_for_agent(session, workspace, task.issue_id)
+    prior = task.session_id or await session.scalar(
         select(Task.session_id)
         .where(
             Task.issue_id == task.issue_id,
@@ -259,7 +281,7 @@ async def _claimed(session: AsyncSession, access: Access, task: Task) -> Claimed
         lease_token=task.lease_token,
         lease_expires_at=task.lease_expires_at,
         task_token=token,
-        prior_session_id=task.session_id or prior,
+        prior_session_id=prior,
         agent=ClaimedAgent(
             id=agent.id,
             name=agent.name,
@@ -284,10 +306,7 @@ async def _claimed(session: AsyncSession, access: Access, task: Task) -> Claimed
                 for c in brief.comments
             ],
         ),
-        repositories=[
-            ClaimedRepository(name=r.name, url=r.url, default_branch=r.default_branch)
-            for r in repositories
-        ],
+        repositories=repositories,
         tier=workspace.tier,
     )
 

@@ -14,6 +14,7 @@ from datetime import datetime
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    ColumnElement,
     Float,
     ForeignKey,
     Index,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    literal,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -30,7 +32,8 @@ from forgehall.db.types import EncryptedText, utcnow
 from forgehall.identity.models import new_id
 
 ACTIVE_STATES = ("queued", "dispatched", "running")
-_ACTIVE_SQL = "status IN ('queued', 'dispatched', 'running')"
+ACTIVE_SQL = "status IN ('queued', 'dispatched', 'running')"
+IN_FLIGHT = ("dispatched", "running")
 
 
 class Agent(Base):
@@ -88,8 +91,8 @@ class Task(Base):
             "issue_id",
             "agent_id",
             unique=True,
-            sqlite_where=text(_ACTIVE_SQL),
-            postgresql_where=text(_ACTIVE_SQL),
+            sqlite_where=text(ACTIVE_SQL),
+            postgresql_where=text(ACTIVE_SQL),
         ),
         Index(
             "ix_tasks_claimable",
@@ -105,6 +108,18 @@ class Task(Base):
             "created_at",
             sqlite_where=text("status = 'queued'"),
             postgresql_where=text("status = 'queued'"),
+        ),
+        Index(
+            "ix_tasks_busy_by_agent",
+            "agent_id",
+            sqlite_where=text("status IN ('dispatched', 'running')"),
+            postgresql_where=text("status IN ('dispatched', 'running')"),
+        ),
+        Index(
+            "ix_tasks_busy_by_runtime",
+            "runtime_id",
+            sqlite_where=text("status IN ('dispatched', 'running')"),
+            postgresql_where=text("status IN ('dispatched', 'running')"),
         ),
         Index(
             "ix_tasks_lease",
@@ -187,3 +202,16 @@ class TaskUsage(Base):
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     cost_source: Mapped[str] = mapped_column(String(10), default="provider")  # or "prices"
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+def task_status_in(*states: str) -> ColumnElement[bool]:
+    """``tasks.status`` is one of ``states``, written into the SQL as literals. The partial
+    indexes on the queue (``WHERE status = 'queued'``, ``WHERE status IN ('dispatched',
+    'running')``) serve a query only when its condition is literally the index's: SQLite
+    never matches a bound parameter against it, nor does a PostgreSQL generic plan (which
+    asyncpg's prepared statements get after a few runs) — the claim then walked every
+    task an agent ever had instead of its few queued ones."""
+    values = [literal(state, literal_execute=True) for state in states]
+    if len(values) == 1:
+        return Task.status == values[0]
+    return Task.status.in_(values)

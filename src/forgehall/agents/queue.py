@@ -19,9 +19,9 @@ Invariants:
 
 These functions never commit: they work inside the caller's transaction, so a trigger is
 queued atomically with the issue change that caused it, and a claim atomically with the
-task tokens minted for it (``agents.dispatch`` commits). ``enqueue`` uses a savepoint
-for its insert, so a lost race with a concurrent trigger is absorbed without aborting
-the caller's transaction.
+task tokens minted for it (``agents.dispatch`` commits). ``enqueue`` inserts with
+``ON CONFLICT DO NOTHING``, so a lost race with a concurrent trigger is absorbed without
+aborting the caller's transaction.
 """
 
 from __future__ import annotations
@@ -33,13 +33,20 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import case, func, or_, select, tuple_, union_all, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Integer, bindparam, case, func, or_, select, text, tuple_, union_all, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from forgehall.agents.models import ACTIVE_STATES, Agent, Runtime, Task
+from forgehall.agents.models import (
+    ACTIVE_SQL,
+    ACTIVE_STATES,
+    IN_FLIGHT,
+    Agent,
+    Runtime,
+    Task,
+    task_status_in,
+)
 from forgehall.core.errors import ProblemError
-from forgehall.db.dialect import random_hex_token
+from forgehall.db.dialect import random_hex_token, upsert_insert
 
 log = structlog.get_logger("forgehall.queue")
 
@@ -73,7 +80,11 @@ async def enqueue(
     trigger: str,
     created_by: str | None = None,
 ) -> Enqueued:
-    """Ask ``agent_id`` to work on ``issue_id``; coalesces with the active task."""
+    """Ask ``agent_id`` to work on ``issue_id``; coalesces with the active task.
+
+    The insert is ``INSERT … ON CONFLICT DO NOTHING`` on the one-active-task index: a
+    concurrent trigger that created the task first makes it insert nothing (no error, no
+    savepoint), and this one coalesces with that task on the next round."""
     for _ in range(3):
         active = await session.scalar(
             select(Task)
@@ -88,17 +99,22 @@ async def enqueue(
             active.follow_up = True
             await session.flush()
             return Enqueued(active, "follow_up")
-        task = Task(
-            workspace_id=workspace_id,
-            issue_id=issue_id,
-            agent_id=agent_id,
-            trigger=trigger,
-            created_by=created_by,
+        task = await session.scalar(
+            upsert_insert(session, Task)
+            .values(
+                workspace_id=workspace_id,
+                issue_id=issue_id,
+                agent_id=agent_id,
+                trigger=trigger,
+                created_by=created_by,
+            )
+            .on_conflict_do_nothing(
+                index_elements=["issue_id", "agent_id"], index_where=text(ACTIVE_SQL)
+            )
+            .returning(Task),
+            execution_options={"populate_existing": True},
         )
-        try:
-            async with session.begin_nested():
-                session.add(task)
-        except IntegrityError:
+        if task is None:
             continue  # a concurrent trigger created it first: coalesce with that one
         log.info("task.queued", task_id=task.id, trigger=trigger)
         return Enqueued(task, "queued")
@@ -107,8 +123,111 @@ async def enqueue(
     )
 
 
-def _in_pool(runtime_id: str) -> Any:
-    return or_(Agent.runtime_pool == "[]", Agent.runtime_pool.like(f'%"{runtime_id}"%'))
+# --- claiming ---------------------------------------------------------------------------
+#
+# The claim's statements are built once, with bound parameters, and reused: building them
+# per call (and SQLAlchemy's cache key over them) cost more CPU than the database spent
+# answering them. The pick over each agent's oldest tasks has one shape per number of
+# agents (a UNION ALL branch each), built on first use and kept for up to
+# ``_CACHED_PICKS`` agents.
+
+_CACHED_PICKS = 64
+
+
+def _eligible_agents(skip_locked: bool) -> Any:
+    # The agent's oldest claimable task, in the order of ix_tasks_queued_by_agent: a
+    # plain EXISTS let the planner walk the agent's whole history through ix_tasks_agent_id
+    # looking for a queued row, whenever its statistics still showed a full queue.
+    has_work = (
+        select(Task.id)
+        .where(
+            Task.agent_id == Agent.id,
+            task_status_in("queued"),
+            Task.available_at <= bindparam("moment"),
+        )
+        .order_by(Task.available_at, Task.created_at)
+        .limit(1)
+        .scalar_subquery()
+        .is_not(None)
+    )
+    return (
+        select(Agent.id, Agent.max_concurrent_tasks)
+        .where(
+            Agent.workspace_id == bindparam("workspace_id"),
+            Agent.archived_at.is_(None),
+            Agent.provider.in_(bindparam("providers", expanding=True)),
+            or_(Agent.runtime_pool == "[]", Agent.runtime_pool.like(bindparam("pool_pattern"))),
+            has_work,
+        )
+        .order_by(Agent.id)
+        .with_for_update(of=Agent, skip_locked=skip_locked)
+    )
+
+
+_LOCK_FREE_AGENTS = _eligible_agents(skip_locked=True)
+_LOCK_AGENTS = _eligible_agents(skip_locked=False)
+_BUSY_BY_AGENT = (
+    select(Task.agent_id, func.count())
+    .where(
+        Task.agent_id.in_(bindparam("agent_ids", expanding=True)),
+        task_status_in(*IN_FLIGHT),
+    )
+    .group_by(Task.agent_id)
+)
+_PICKS: dict[int, Any] = {}
+
+
+def _pick(agents: int) -> Any:
+    """``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING`` over the oldest
+    queued tasks of ``agents`` agents (parameters ``agent_<i>`` / ``slots_<i>``), oldest
+    first up to ``limit``: one short index range per agent (ix_tasks_queued_by_agent),
+    never a pass over the whole queue."""
+    cached = _PICKS.get(agents)
+    if cached is not None:
+        return cached
+    per_agent = []
+    for i in range(agents):
+        oldest = (
+            select(Task.id, Task.available_at, Task.created_at)
+            .where(
+                Task.agent_id == bindparam(f"agent_{i}"),
+                task_status_in("queued"),
+                Task.available_at <= bindparam("moment"),
+            )
+            .order_by(Task.available_at, Task.created_at)
+            .limit(bindparam(f"slots_{i}", type_=Integer))
+            .subquery()
+        )
+        per_agent.append(select(oldest.c.id, oldest.c.available_at, oldest.c.created_at))
+    candidates = union_all(*per_agent).subquery()
+    chosen = (
+        select(candidates.c.id)
+        .order_by(candidates.c.available_at, candidates.c.created_at)
+        .limit(bindparam("limit", type_=Integer))
+    )
+    still_queued = (
+        select(Task.id)
+        .where(Task.id.in_(chosen), Task.status == "queued")
+        .with_for_update(skip_locked=True)
+    )
+    statement = (
+        update(Task)
+        .where(Task.id.in_(still_queued))
+        .values(
+            status="dispatched",
+            runtime_id=bindparam("runtime_id"),
+            lease_token=random_hex_token(),
+            lease_expires_at=bindparam("lease_until"),
+            attempt=Task.attempt + 1,
+            cancel_requested_at=None,
+            cancel_delivered_at=None,
+        )
+        .returning(Task)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    if agents <= _CACHED_PICKS:
+        _PICKS[agents] = statement
+    return statement
 
 
 async def claim(
@@ -129,37 +248,23 @@ async def claim(
     if limit <= 0 or not providers:
         return []
     moment = now()
-    has_work = (
-        select(Task.id)
-        .where(Task.agent_id == Agent.id, Task.status == "queued", Task.available_at <= moment)
-        .exists()
-    )
-    eligible = (
-        select(Agent.id, Agent.max_concurrent_tasks)
-        .where(
-            Agent.workspace_id == runtime.workspace_id,
-            Agent.archived_at.is_(None),
-            Agent.provider.in_(providers),
-            _in_pool(runtime.id),
-            has_work,
-        )
-        .order_by(Agent.id)
-    )
+    params = {
+        "moment": moment,
+        "workspace_id": runtime.workspace_id,
+        "providers": providers,
+        "pool_pattern": f'%"{runtime.id}"%',
+    }
     # Agents another runtime is claiming for right now are skipped, so concurrent
     # claimers share the agents out instead of queueing behind one another; only when
     # every agent with work is taken does this claim wait for their locks.
-    locked = await session.execute(eligible.with_for_update(of=Agent, skip_locked=True))
+    locked = await session.execute(_LOCK_FREE_AGENTS, params)
     caps: dict[str, int] = {agent_id: cap for agent_id, cap in locked.all()}
     if not caps:
-        locked = await session.execute(eligible.with_for_update(of=Agent))
+        locked = await session.execute(_LOCK_AGENTS, params)
         caps = {agent_id: cap for agent_id, cap in locked.all()}
     if not caps:
         return []
-    counted = await session.execute(
-        select(Task.agent_id, func.count())
-        .where(Task.agent_id.in_(list(caps)), Task.status.in_(("dispatched", "running")))
-        .group_by(Task.agent_id)
-    )
+    counted = await session.execute(_BUSY_BY_AGENT, {"agent_ids": list(caps)})
     busy: dict[str, int] = {agent_id: n for agent_id, n in counted.all()}
     free = {
         agent_id: min(cap - busy.get(agent_id, 0), limit)
@@ -168,44 +273,16 @@ async def claim(
     }
     if not free:
         return []
-    # Each agent's oldest queued tasks, as many as it has free slots: one short index
-    # range per agent (ix_tasks_queued_by_agent), never a pass over the whole queue.
-    per_agent = []
-    for agent_id, slots in free.items():
-        oldest = (
-            select(Task.id, Task.available_at, Task.created_at)
-            .where(Task.agent_id == agent_id, Task.status == "queued", Task.available_at <= moment)
-            .order_by(Task.available_at, Task.created_at)
-            .limit(slots)
-            .subquery()
-        )
-        per_agent.append(select(oldest.c.id, oldest.c.available_at, oldest.c.created_at))
-    candidates = union_all(*per_agent).subquery()
-    chosen = (
-        select(candidates.c.id)
-        .order_by(candidates.c.available_at, candidates.c.created_at)
-        .limit(limit)
-    )
-    still_queued = (
-        select(Task.id)
-        .where(Task.id.in_(chosen), Task.status == "queued")
-        .with_for_update(skip_locked=True)
-    )
-    result = await session.execute(
-        update(Task)
-        .where(Task.id.in_(still_queued))
-        .values(
-            status="dispatched",
-            runtime_id=runtime.id,
-            lease_token=random_hex_token(),
-            lease_expires_at=moment + LEASE,
-            attempt=Task.attempt + 1,
-            cancel_requested_at=None,
-            cancel_delivered_at=None,
-        )
-        .returning(Task)
-        .execution_options(synchronize_session=False, populate_existing=True)
-    )
+    picked: dict[str, Any] = {
+        "moment": moment,
+        "limit": limit,
+        "runtime_id": runtime.id,
+        "lease_until": moment + LEASE,
+    }
+    for i, (agent_id, slots) in enumerate(free.items()):
+        picked[f"agent_{i}"] = agent_id
+        picked[f"slots_{i}"] = slots
+    result = await session.execute(_pick(len(free)), picked)
     claimed = sorted(result.scalars(), key=lambda t: (t.available_at, t.created_at, t.id))
     for task in claimed:
         log.info("task.claimed", task_id=task.id, runtime_id=runtime.id, attempt=task.attempt)
@@ -480,9 +557,7 @@ async def heartbeat(
     return the ids it must cancel."""
     moment = now()
     runtime.last_heartbeat_at = moment
-    renew = update(Task).where(
-        Task.runtime_id == runtime.id, Task.status.in_(("dispatched", "running"))
-    )
+    renew = update(Task).where(Task.runtime_id == runtime.id, task_status_in(*IN_FLIGHT))
     if held is not None:
         renew = renew.where(Task.id.in_(held))
     await session.execute(renew.values(lease_expires_at=moment + LEASE))
@@ -497,7 +572,7 @@ async def cancellations(session: AsyncSession, runtime: Runtime) -> list[str]:
             await session.execute(
                 select(Task.id).where(
                     Task.runtime_id == runtime.id,
-                    Task.status.in_(("dispatched", "running")),
+                    task_status_in(*IN_FLIGHT),
                     Task.cancel_requested_at.is_not(None),
                 )
             )
@@ -544,7 +619,7 @@ async def expire_leases(session: AsyncSession) -> list[Task]:
         (
             await session.execute(
                 select(Task)
-                .where(Task.status.in_(("dispatched", "running")), Task.lease_expires_at < now())
+                .where(task_status_in(*IN_FLIGHT), Task.lease_expires_at < now())
                 .with_for_update(skip_locked=True)
             )
         ).scalars()

@@ -46,6 +46,7 @@ SUBSCRIBER_QUEUE = 1000
 POLL_SECONDS = 1.0
 BATCH = 500
 GAP_SECONDS = 10.0
+LOCAL_DELIVERY_MAX = 100  # events of one commit handed to local subscribers directly
 RETENTION = timedelta(hours=1)
 
 
@@ -89,26 +90,51 @@ def _from_row(row: StoredEvent) -> DomainEvent:
     )
 
 
-def stage(session: Session, events: Sequence[DomainEvent]) -> None:
+def stage(session: Session, events: Sequence[DomainEvent]) -> list[DomainEvent]:
     """Write ``events`` in ``session``'s open transaction, so they commit (or roll back)
     with the change that caused them; with PostgreSQL, NOTIFY goes out at that commit.
-    Synchronous: called from the session's ``before_commit`` hook. After the commit the
-    publisher only wakes the local pump (:meth:`EventBus.wake`)."""
+    Synchronous: called from the session's ``before_commit`` hook. Returns the events as
+    stored (ids included): once the commit is done, the publisher hands them to this
+    process's subscribers (:meth:`EventBus.deliver_committed`)."""
     if not events:
-        return
-    result = session.execute(insert(StoredEvent).returning(StoredEvent.id), _rows(events))
-    newest = max(result.scalars())
+        return []
+    rows = _rows(events)
+    result = session.execute(
+        insert(StoredEvent).returning(StoredEvent.id, sort_by_parameter_order=True), rows
+    )
+    ids = list(result.scalars())
     if session.get_bind().dialect.name != "sqlite":
         session.execute(
             text("SELECT pg_notify(:channel, :payload)"),
-            {"channel": CHANNEL, "payload": str(newest)},
+            {"channel": CHANNEL, "payload": str(max(ids))},
         )
+    return _as_stored(rows, ids)
 
 
 def _rows(events: Sequence[DomainEvent]) -> list[dict[str, Any]]:
+    moment = utcnow()
     return [
-        {"workspace_id": e.workspace_id, "kind": e.kind, "data": json.dumps(e.data, default=str)}
+        {
+            "workspace_id": e.workspace_id,
+            "kind": e.kind,
+            "data": json.dumps(e.data, default=str),
+            "created_at": moment,
+        }
         for e in events
+    ]
+
+
+def _as_stored(rows: Sequence[dict[str, Any]], ids: Sequence[int]) -> list[DomainEvent]:
+    """The events of ``rows`` exactly as a pump reading them back would deliver them."""
+    return [
+        DomainEvent(
+            kind=row["kind"],
+            workspace_id=row["workspace_id"],
+            data=json.loads(row["data"]),
+            id=event_id,
+            at=row["created_at"].isoformat(),
+        )
+        for row, event_id in zip(rows, ids, strict=True)
     ]
 
 
@@ -141,17 +167,30 @@ class EventBus:
     async def publish(self, events: list[DomainEvent]) -> None:
         if not events:
             return
+        rows = _rows(events)
         async with self.db.session() as session:
             result = await session.execute(
-                insert(StoredEvent).returning(StoredEvent.id), _rows(events)
+                insert(StoredEvent).returning(StoredEvent.id, sort_by_parameter_order=True),
+                rows,
             )
-            newest = max(result.scalars())
-            await notify(session, CHANNEL, str(newest))
+            ids = list(result.scalars())
+            await notify(session, CHANNEL, str(max(ids)))
             await session.commit()
-        self._wake.set()
+        self.deliver_committed(_as_stored(rows, ids))
 
-    def wake(self) -> None:
-        """Events were committed by :func:`stage`: deliver them now, not at the next poll."""
+    def deliver_committed(self, events: Sequence[DomainEvent]) -> None:
+        """``events`` were just committed by this process (as :func:`stage` or
+        :meth:`publish` returned them): hand them to the local subscribers now instead of
+        after the pump has read them back — a long-poll claim woken by a task queued here
+        starts a database round trip sooner. The pump skips them (they are marked
+        delivered), still delivers everything else, and is woken to do so. A large batch
+        is left to the pump, which hands it over in slices a reader can keep up with."""
+        if len(events) > LOCAL_DELIVERY_MAX:
+            events = ()
+        for event in events:
+            if event.id > self._last_id and event.id not in self._delivered:
+                self._delivered.add(event.id)
+                self._dispatch(event)
         self._wake.set()
 
     # --- consuming ------------------------------------------------------------------

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import structlog
-from sqlalchemy import String, Table, text
+from sqlalchemy import String, Table, Text, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.ext.compiler import compiles
@@ -135,9 +136,10 @@ async def listen(
     return stop
 
 
-def upsert_insert(session: AsyncSession, table: Table) -> Any:
+def upsert_insert(session: AsyncSession, table: Table | type[Any]) -> Any:
     """An ``INSERT`` that supports ``on_conflict_do_nothing`` / ``on_conflict_do_update``
-    (same API on both dialects)."""
+    (same API on both dialects). ``table`` may be a mapped class: ``RETURNING`` it then
+    gives ORM objects."""
     if session.get_bind().dialect.name == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
@@ -161,3 +163,28 @@ def _random_hex_token_pg(element: random_hex_token, compiler: Any, **kw: Any) ->
 @compiles(random_hex_token, "sqlite")
 def _random_hex_token_sqlite(element: random_hex_token, compiler: Any, **kw: Any) -> str:
     return "lower(hex(randomblob(16)))"
+
+
+class json_array_agg(FunctionElement[str]):
+    """An aggregate: the values of one column over the group as a JSON array (text), in no
+    particular order; ``[]`` for no rows when used as a scalar subquery on SQLite, NULL on
+    PostgreSQL (read both with :func:`json_list`). Lets one statement carry a short list
+    (an issue's label names) beside its row instead of a second query."""
+
+    type = Text()
+    inherit_cache = True
+
+
+@compiles(json_array_agg, "postgresql")
+def _json_array_agg_pg(element: json_array_agg, compiler: Any, **kw: Any) -> str:
+    return f"json_agg({compiler.process(element.clauses, **kw)})::text"
+
+
+@compiles(json_array_agg, "sqlite")
+def _json_array_agg_sqlite(element: json_array_agg, compiler: Any, **kw: Any) -> str:
+    return f"json_group_array({compiler.process(element.clauses, **kw)})"
+
+
+def json_list(value: str | None) -> list[Any]:
+    """What :class:`json_array_agg` gave, as a list (empty for no rows)."""
+    return list(json.loads(value)) if value else []

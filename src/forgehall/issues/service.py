@@ -35,7 +35,7 @@ from forgehall.agents.models import Agent
 from forgehall.core.errors import ProblemError
 from forgehall.core.events import DomainEvent, EventBus
 from forgehall.core.events import stage as stage_events
-from forgehall.db.dialect import upsert_insert
+from forgehall.db.dialect import json_array_agg, json_list, upsert_insert
 from forgehall.db.search import plan_for_the_words, ranked_issue_ids, reach, search_tokens
 from forgehall.identity.models import User
 from forgehall.issues.models import (
@@ -104,6 +104,8 @@ class Outbox:
     staged: int = 0  # events[:staged] were committed by the attached session
     writing: int = 0  # events[:writing] are written in its open transaction
     session: AsyncSession | None = None
+    stored: list[DomainEvent] = field(default_factory=list)  # committed, ids included
+    written: list[DomainEvent] = field(default_factory=list)  # in the open transaction
 
     def add(self, kind: str, workspace_id: str, **data: Any) -> None:
         self.events.append(DomainEvent(kind=kind, workspace_id=workspace_id, data=data))
@@ -127,27 +129,32 @@ class Outbox:
         self.writing = max(self.writing, self.staged)
         pending = self.events[self.writing :]
         if pending:
-            stage_events(sync_session, pending)
+            self.written += stage_events(sync_session, pending)
             self.writing = len(self.events)
 
     def _committed(self, _sync_session: Any) -> None:
         self.staged = max(self.staged, self.writing)
+        self.stored += self.written
+        self.written = []
 
     def _rolled_back(self, _sync_session: Any) -> None:
         self.writing = self.staged  # what the rolled-back transaction wrote is gone
+        self.written = []
 
     async def publish(self, bus: EventBus | None) -> None:
         rest = self.events[self.staged :]
         if bus is not None:
+            if self.stored:
+                bus.deliver_committed(self.stored)
             if rest:
                 await bus.publish(rest)
-            if self.staged:
-                bus.wake()
         if self.session is not None:
             for name, hook in self._hooks():
                 sa_event.remove(self.session.sync_session, name, hook)
             self.session = None
         self.events.clear()
+        self.stored = []
+        self.written = []
         self.staged = self.writing = 0
 
 
@@ -1660,55 +1667,61 @@ AGENT_COMMENTS = 200
 
 
 async def brief_for_agent(session: AsyncSession, workspace: Workspace, issue_id: str) -> IssueBrief:
+    """What an agent is told about ``issue_id``: two statements (the issue with its status
+    and label names, then its newest comments), columns only."""
+    label_names = (
+        select(json_array_agg(Label.name))
+        .join(IssueLabel, IssueLabel.label_id == Label.id)
+        .where(IssueLabel.issue_id == Issue.id)
+        .scalar_subquery()
+    )
     found = (
         await session.execute(
-            select(Issue, Status)
+            select(
+                Issue.workspace_id,
+                Issue.number,
+                Issue.title,
+                Issue.description,
+                Issue.priority,
+                Status.name,
+                Status.category,
+                label_names,
+            )
             .join(Status, Status.id == Issue.status_id)
             .where(Issue.id == issue_id)
         )
     ).first()
     assert found is not None
-    issue, status = found
-    assert issue.workspace_id == workspace.id
-    labels = (
-        await session.execute(
-            select(Label.name)
-            .join(IssueLabel, IssueLabel.label_id == Label.id)
-            .where(IssueLabel.issue_id == issue.id)
-            .order_by(Label.name)
-        )
-    ).scalars()
+    issue_workspace, number, title, description, priority, status, category, labels = found
+    assert issue_workspace == workspace.id
     rows = await session.execute(
-        select(Comment, User, Agent)
+        select(Comment.body, Comment.created_at, User.name, User.email, Agent.name)
         .outerjoin(User, User.id == Comment.author_user_id)
         .outerjoin(Agent, Agent.id == Comment.author_agent_id)
-        .where(Comment.issue_id == issue.id, Comment.deleted_at.is_(None))
+        .where(Comment.issue_id == issue_id, Comment.deleted_at.is_(None))
         .order_by(Comment.created_at.desc(), Comment.id.desc())
         .limit(AGENT_COMMENTS)
     )
     comments = [
-        *reversed(
-            [
-                CommentBrief(
-                    author=f"agent:{agent.name}"
-                    if agent is not None
-                    else f"member:{(user.name or user.email) if user is not None else 'unknown'}",
-                    body=comment.body,
-                    created_at=comment.created_at,
-                )
-                for comment, user, agent in rows.all()
-            ]
+        CommentBrief(
+            author=f"agent:{agent_name}"
+            if agent_name is not None
+            else f"member:{(user_name or user_email) if user_email is not None else 'unknown'}",
+            body=body,
+            created_at=created_at,
         )
+        for body, created_at, user_name, user_email, agent_name in rows.all()
     ]
+    comments.reverse()
     return IssueBrief(
-        id=issue.id,
-        key=f"{workspace.key_prefix}-{issue.number}",
-        title=issue.title,
-        description=issue.description,
-        status=status.name,
-        status_category=status.category,
-        priority=issue.priority,
-        labels=list(labels),
+        id=issue_id,
+        key=f"{workspace.key_prefix}-{number}",
+        title=title,
+        description=description,
+        status=status,
+        status_category=category,
+        priority=priority,
+        labels=sorted(json_list(labels)),
         comments=comments,
     )
 
