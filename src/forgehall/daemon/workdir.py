@@ -147,9 +147,12 @@ class Workdirs:
             shutil.rmtree(path, ignore_errors=True)
             await _git("init", "--bare", "--quiet", str(path))
             await _git("remote", "add", "origin", repo.url, cwd=path)
+        # --no-auto-gc: no housekeeping process after every fetch (a task start waited
+        # for it); the collector runs `git gc --auto` on the caches (_tidy_caches).
         await _git(
-            "fetch", "--quiet", "--prune", "origin", "+refs/heads/*:refs/remotes/origin/*", cwd=path
-        )
+            "fetch", "--quiet", "--prune", "--no-auto-gc", "origin",
+            "+refs/heads/*:refs/remotes/origin/*", cwd=path,
+        )  # fmt: skip
         return path
 
     async def _worktree(self, repo: ClaimedRepository, target: Path, branch: str) -> None:
