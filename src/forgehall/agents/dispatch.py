@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from forgehall.agents import queue
 from forgehall.agents.models import (
+    IN_FLIGHT,
     Agent,
     Runtime,
     Task,
@@ -88,7 +89,6 @@ than this: a daemon claims in a loop, and a write per attempt (the runtime's row
 SQLite the single writer) bought nothing against a 150 s offline threshold."""
 STARTUP_GRACE_SECONDS = queue.LEASE.total_seconds() + HEARTBEAT_SECONDS
 POLL_SECONDS = 2.0  # a waiting claim re-checks this often even without a wake-up
-BUSY = ("dispatched", "running")
 
 
 def _now() -> datetime:
@@ -204,7 +204,7 @@ async def _held_and_cancelled(session: AsyncSession, runtime: Runtime) -> tuple[
             select(
                 Task.id,
                 and_(Task.cancel_requested_at.is_not(None), Task.cancel_delivered_at.is_(None)),
-            ).where(Task.runtime_id == runtime.id, task_status_in(*BUSY))
+            ).where(Task.runtime_id == runtime.id, task_status_in(*IN_FLIGHT))
         )
     ).all()
     cancel = [task_id for task_id, untold in rows if untold]

@@ -34,6 +34,7 @@ from forgehall.identity.models import new_id
 ACTIVE_STATES = ("queued", "dispatched", "running")
 ACTIVE_SQL = "status IN ('queued', 'dispatched', 'running')"
 IN_FLIGHT = ("dispatched", "running")
+IN_FLIGHT_SQL = "status IN ('dispatched', 'running')"
 
 
 class Agent(Base):
@@ -112,20 +113,20 @@ class Task(Base):
         Index(
             "ix_tasks_busy_by_agent",
             "agent_id",
-            sqlite_where=text("status IN ('dispatched', 'running')"),
-            postgresql_where=text("status IN ('dispatched', 'running')"),
+            sqlite_where=text(IN_FLIGHT_SQL),
+            postgresql_where=text(IN_FLIGHT_SQL),
         ),
         Index(
             "ix_tasks_busy_by_runtime",
             "runtime_id",
-            sqlite_where=text("status IN ('dispatched', 'running')"),
-            postgresql_where=text("status IN ('dispatched', 'running')"),
+            sqlite_where=text(IN_FLIGHT_SQL),
+            postgresql_where=text(IN_FLIGHT_SQL),
         ),
         Index(
             "ix_tasks_lease",
             "lease_expires_at",
-            sqlite_where=text("status IN ('dispatched', 'running')"),
-            postgresql_where=text("status IN ('dispatched', 'running')"),
+            sqlite_where=text(IN_FLIGHT_SQL),
+            postgresql_where=text(IN_FLIGHT_SQL),
         ),
     )
 

@@ -31,7 +31,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from forgehall.agents.models import Agent, Runtime, Task
+from forgehall.agents.models import IN_FLIGHT, Agent, Runtime, Task
 from forgehall.agents.schemas import (
     ARG_MAX_CHARS,
     ARGS_MAX_ITEMS,
@@ -58,7 +58,7 @@ log = structlog.get_logger("forgehall.agents")
 #: A runtime is online while its last heartbeat is at most this old.
 RUNTIME_OFFLINE_AFTER = timedelta(seconds=150)
 #: Task states that occupy a runtime (and make an agent ``working``).
-BUSY_STATES = ("dispatched", "running")
+BUSY_STATES = IN_FLIGHT  # the tasks an agent or runtime is working on
 FINISHED_STATES = ("completed", "failed", "cancelled")
 #: Failure classes that end a task for a reason of the agent's own (the final classes of
 #: ``agents.queue`` except ``cancelled``, which ends a task as cancelled, not failed). A
