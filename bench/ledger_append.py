@@ -8,9 +8,11 @@ What it measures, once per value of ``--per-append`` (``1,8`` by default), each 
 fresh workspace: ``--writers`` asyncio writers in this process (8 by default), each
 looping over ``ledger.service.append_entries(session, access, settings, EntriesIn(...))``
 with that many entries per call for ``--seconds``. One entry per call is the worst case
-(one commit per entry); eight is what ``gates run --submit`` sends for a gates file of
-eight gates (one request per run). Each call is one transaction from ``Database.session()``
-(SQLAlchemy + asyncpg pool, as the server uses it), committed before the next. The
+(a commit for every entry, were the calls not grouped); eight is what ``gates run
+--submit`` sends for a gates file of eight gates (one request per run). Each call runs in
+its own ``Database.session()`` (SQLAlchemy + asyncpg pool, as the server uses it) and
+returns once its entries are committed, before the writer's next call; calls that
+overlap share a commit (the service's group commit, ``ledger.grouping``). The
 entries are realistic gate results (about 1.3 KB of canonical JSON each, excerpts
 included), built and validated before the clock starts — request parsing is the route's
 work, not the service's. Meanwhile the ``ledger-sequencer`` service runs under a
@@ -255,7 +257,7 @@ async def measure_one(
         f"(after {args.warmup:.0f} s of warm-up)"
     )
     print(
-        f"  append call (one transaction, commit included): p50 "
+        f"  append call (its commit included): p50 "
         f"{statistics.median(stats.latencies):.2f} ms, p99 "
         f"{percentile(stats.latencies, 0.99):.2f} ms"
     )

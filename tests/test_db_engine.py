@@ -110,3 +110,29 @@ async def test_a_connection_the_server_dropped_while_idle_is_replaced_unseen(
         replacement = await session.scalar(text("SELECT pg_backend_pid()"))
     assert replacement != victim
     assert pings, "the idle connection was pinged"
+
+
+async def test_a_failed_commit_leaves_the_next_session_able_to_write(db: Database) -> None:
+    """SQLite keeps a transaction open when its COMMIT fails (here a deferred foreign key);
+    the connection must not go back to the pool that way (the writer would refuse every
+    later BEGIN)."""
+    async with db.session() as session:
+        await session.execute(text("CREATE TABLE fk_parent (id INTEGER PRIMARY KEY)"))
+        await session.execute(
+            text(
+                "CREATE TABLE fk_child (id INTEGER PRIMARY KEY, parent INTEGER "
+                "REFERENCES fk_parent (id) DEFERRABLE INITIALLY DEFERRED)"
+            )
+        )
+        await session.commit()
+    async with db.session() as session:
+        await session.execute(text("INSERT INTO fk_child (id, parent) VALUES (1, 99)"))
+        with pytest.raises(DBAPIError, match=r"(?i)foreign key"):
+            await session.commit()
+    for attempt in range(2):
+        async with db.session() as session:
+            await session.execute(text(f"INSERT INTO fk_parent (id) VALUES ({attempt})"))
+            await session.commit()
+    async with db.read_session() as session:
+        assert await session.scalar(select(func.count()).select_from(text("fk_child"))) == 0
+        assert await session.scalar(select(func.count()).select_from(text("fk_parent"))) == 2

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolResetState
 
 from forgehall.db.url import DatabaseConfig
 
@@ -183,5 +183,14 @@ def _sqlite_engine(config: DatabaseConfig, *, writer: bool) -> AsyncEngine:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+
+    @event.listens_for(engine.sync_engine, "reset")
+    def _on_reset(dbapi_conn: Any, _record: ConnectionPoolEntry, state: PoolResetState) -> None:
+        # SQLAlchemy takes a failed COMMIT for the end of its transaction and skips the
+        # rollback at check-in, but SQLite keeps that transaction open (a deferred foreign
+        # key refused, SQLITE_BUSY): every later BEGIN on the writer would then fail with
+        # "cannot start a transaction within a transaction". End it here.
+        if state.transaction_was_reset and dbapi_conn.driver_connection.in_transaction:
+            dbapi_conn.rollback()
 
     return engine

@@ -7,6 +7,8 @@ One log per workspace, built with the pure core (``canonical``, ``merkle``,
 ``ledger_pending`` and commits: the 201 is sent only once the entries are durable. It
 takes no lock and touches no shared row (beyond creating the workspace's head the first
 time), so appends from many runners run side by side. Positions are not assigned here.
+Appends arriving together share one INSERT and one commit (group commit,
+:mod:`forgehall.ledger.grouping`); those carrying a gate set commit alone, with it.
 
 **Sequencing.** The leader-only ``ledger-sequencer`` service (:class:`LedgerSequencer`,
 every 0.5 s) drains ``ledger_pending`` in insertion order, in batches of up to 5,000,
@@ -63,7 +65,7 @@ from forgehall.db.engine import Database
 from forgehall.db.types import CredentialKeyError, utcnow
 from forgehall.gates.readiness import Blocker, Readiness, compute_readiness
 from forgehall.gates.schemas import TIERS, Tier
-from forgehall.ledger import bundle
+from forgehall.ledger import bundle, grouping
 from forgehall.ledger.canonical import canonical_json
 from forgehall.ledger.checkpoint import Checkpoint, SigningKey, VerifierKey, sign_checkpoint
 from forgehall.ledger.merkle import (
@@ -327,12 +329,22 @@ async def _record_gate_sets(
     return added
 
 
+async def _insert_pending(session: AsyncSession, rows: list[dict[str, Any]]) -> list[int]:
+    """One INSERT of ``rows`` into ``ledger_pending`` (Core on the session's connection);
+    their ids, in order."""
+    connection = await session.connection()
+    statement = insert(_pending).returning(_pending.c.id, sort_by_parameter_order=True)
+    result = await connection.execute(statement, rows)
+    return [int(i) for i in result.scalars()]
+
+
 async def append_entries(
     session: AsyncSession, access: Access, settings: Settings, data: EntriesIn
 ) -> AppendResult:
     """Store entries durably for the sequencer; returns their submission ids and leaf
     hashes. Nothing is stored when any entry or the caller is refused."""
     await _check_submitter(session, access, data.entries)
+    head_known = access.workspace.id in _ORIGINS
     origin = await _ensure_head(session, access, settings)
     now = utcnow()
     rows: list[dict[str, Any]] = []
@@ -355,15 +367,15 @@ async def append_entries(
                 "received_at": now,
             }
         )
-    # Core on the session's connection: this is the hot path of every runner.
-    connection = await session.connection()
-    statement = insert(_pending).returning(_pending.c.id, sort_by_parameter_order=True)
-    result = await connection.execute(statement, rows)
-    ids = [int(i) for i in result.scalars()]
     gate_sets = 0
-    if data.gates is not None:
-        gate_sets = await _record_gate_sets(session, access, data.entries, data.gates)
-    await session.commit()
+    if data.gates is None and head_known:
+        # The hot path of every runner: shared with the appends arriving meanwhile.
+        ids = await grouping.write_grouped(session, rows, _insert_pending)
+    else:  # gate sets (and a head created just now) commit with the entries
+        ids = await _insert_pending(session, rows)
+        if data.gates is not None:
+            gate_sets = await _record_gate_sets(session, access, data.entries, data.gates)
+        await session.commit()
     _ORIGINS.setdefault(access.workspace.id, origin)
     log.debug("ledger.appended", workspace_id=access.workspace.id, entries=len(ids))
     return AppendResult(ids, leaves, gate_sets, origin)
