@@ -4,13 +4,18 @@ with what was typed kept, and nothing of another workspace leaks."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import select
 
+from forgehall.core.events import StoredEvent
+from forgehall.db.engine import Database
 from tests.conftest import RecordingMailer, make_person, new_client
 from tests.web.test_pages import sign_in
 
@@ -285,3 +290,26 @@ async def test_the_markdown_preview_renders_safely_for_signed_in_people(
         refused = await anonymous.post("/preview", data={"text": "x"}, headers=HTML)
         assert refused.status_code == 303
         assert refused.headers["location"].startswith("/login")
+
+
+async def test_a_page_resumes_its_live_connection_from_before_it_read(
+    browser: httpx.AsyncClient, db: Database
+) -> None:
+    """Every event up to a page's ``data-last-event`` is shown on the page (the live
+    connection replays only the later ones): issues created while the board is being read
+    are either on it or after its position, never neither."""
+    for round_ in range(8):
+        creating = asyncio.gather(*(create(browser, f"Issue {round_}.{i}") for i in range(3)))
+        board = await browser.get("/w/platform/board")
+        await creating
+        found = re.search(r'data-last-event="(\d+)"', board.text)
+        assert found, "a workspace page carries where its live connection resumes"
+        async with db.read_session() as session:
+            created = await session.scalars(
+                select(StoredEvent.data).where(
+                    StoredEvent.kind == "issue.created", StoredEvent.id <= int(found.group(1))
+                )
+            )
+            numbers = [json.loads(data)["number"] for data in created]
+        missing = [n for n in numbers if f'data-key="PLT-{n}"' not in board.text]
+        assert not missing, f"round {round_}: events up to the position, issues not shown"

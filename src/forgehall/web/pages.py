@@ -143,6 +143,17 @@ async def shell(session: AsyncSession, access: Access, section: str) -> dict[str
     }
 
 
+def note_live_position(request: Request) -> None:
+    """Where this page's live connection will resume (``data-last-event``), noted before
+    the page reads anything: every event up to it was committed before those reads, so
+    the page shows it, and every later event is replayed to the page when it connects.
+    Noted at the end instead, an event committed while the page was being read (a card
+    moved between the column counts and the cards) could be neither shown nor replayed.
+    A dependency of every page route (``web.site``)."""
+    bus = getattr(request.app.state, "events", None)
+    request.state.live_position = bus.position if bus is not None else None
+
+
 async def page(
     request: Request,
     session: AsyncSession,
@@ -153,13 +164,12 @@ async def page(
     **context: Any,
 ) -> HTMLResponse:
     """A page of a workspace, inside the application shell."""
-    bus = getattr(request.app.state, "events", None)
     return render(
         request,
         template,
         status,
         **(await shell(session, access, section)),
-        last_event_id=bus.position if bus is not None else None,
+        last_event_id=getattr(request.state, "live_position", None),
         **context,
     )
 

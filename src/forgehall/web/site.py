@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from forgehall.web import account, agents, board, evidence, routes, workspace
-from forgehall.web.pages import install_page_errors
+from forgehall.web.pages import install_page_errors, note_live_position
 
 ROUTERS = (
     routes.router,
@@ -20,5 +20,5 @@ ROUTERS = (
 def install(app: FastAPI) -> None:
     """Mount the pages; call after the API's error handlers are installed."""
     for router in ROUTERS:
-        app.include_router(router)
+        app.include_router(router, dependencies=[Depends(note_live_position)])
     install_page_errors(app)

@@ -67,7 +67,12 @@ def test_board_live_updates_and_an_agent_run(
     ada.goto("/w/platform/board")
     card = ada.locator('.issue-card[data-key="PLT-1"]')
     expect(column(ada, "Todo").locator(card)).to_have_count(1)
-    card.drag_to(column(ada, "In Progress").locator(".cards"))
+    # The card moves in the page at once; the reload waits for the save.
+    with ada.expect_response(
+        lambda r: r.request.method == "POST" and r.url.endswith("/issues/PLT-1/move")
+    ) as saved:
+        card.drag_to(column(ada, "In Progress").locator(".cards"))
+    assert saved.value.ok, saved.value.status
     expect(column(ada, "In Progress").locator('.issue-card[data-key="PLT-1"]')).to_have_count(1)
     ada.reload()  # persisted, not just moved in the page
     expect(column(ada, "In Progress").locator('.issue-card[data-key="PLT-1"]')).to_have_count(1)
